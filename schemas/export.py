@@ -1,0 +1,53 @@
+"""Export each wire model's JSON Schema into the repo, for consumers in any language."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from schemas.dead_letter import DeadLetter
+from schemas.decisions import RoutingDecision
+from schemas.events import ConversationEvent
+from schemas.governance import GovernanceConfig
+from schemas.metrics import CostRecord, WindowedCost
+from schemas.replies import Reply
+from schemas.validation import ValidationFailure
+from schemas.wire import WireModel
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "json"
+
+EXPORTED: dict[str, type[WireModel] | type[GovernanceConfig]] = {
+    "conversation-event": ConversationEvent,
+    "routing-decision": RoutingDecision,
+    "reply": Reply,
+    "validation-failure": ValidationFailure,
+    "cost-record": CostRecord,
+    "windowed-cost": WindowedCost,
+    "dead-letter": DeadLetter,
+    "governance-config": GovernanceConfig,
+}
+
+
+def render_json_schemas() -> dict[str, bytes]:
+    """File name -> bytes of each schema, deterministic so drift is a byte comparison."""
+    rendered: dict[str, bytes] = {}
+    for name, model in EXPORTED.items():
+        schema: dict[str, Any] = model.model_json_schema(mode="serialization")
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+        rendered[f"{name}.schema.json"] = (
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
+    return rendered
+
+
+def export_json_schemas(out_dir: Path | None = None) -> list[Path]:
+    target = out_dir or SCHEMA_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, data in render_json_schemas().items():
+        path = target / filename
+        path.write_bytes(data)
+        written.append(path)
+    return written

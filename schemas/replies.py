@@ -1,0 +1,40 @@
+"""`conversations.replies`: revisions of one reply share its reply_id."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.decisions import ModelRole
+from schemas.events import Channel
+from schemas.wire import WireModel
+
+
+class Citation(BaseModel):
+    """A document the reply relies on, with the source it was retrieved from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    doc_id: str
+    source: str = Field(description="Where the document came from, e.g. a KB title or URI.")
+
+
+class Reply(WireModel):
+    reply_id: str = Field(description="The event_id this reply answers.")
+    revision: int = Field(ge=0)
+    kind: Literal["preliminary", "final"]
+    status: Literal["verified", "unverified", "corrected", "withheld", "refused"]
+    conversation_id: str
+    tenant_id: str
+    channel: Channel
+    text: str
+    citations: tuple[Citation, ...] = ()
+    model: str
+    model_version: str
+    route: ModelRole
+    confidence: float = Field(ge=0, le=1)
+    tokens_in: int = Field(ge=0)
+    tokens_out: int = Field(ge=0)
+    cost_usd: float = Field(ge=0)
+    latency_ms: float = Field(ge=0, description="From the event's sent_at to emission.")

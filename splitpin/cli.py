@@ -1,0 +1,141 @@
+"""`splitpin` command line: broker, topics, run, replay, schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from splitpin.errors import SplitpinError
+from splitpin.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Kafka-native routing layer for support-conversation language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+broker_app = typer.Typer(help="Run a local Apache Kafka broker (KRaft) from Maven Central jars.")
+topics_app = typer.Typer(help="Manage splitpin's Kafka topics.")
+schemas_app = typer.Typer(help="JSON Schema files for every topic's records.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start the broker (resolving jars and formatting storage on first use); wait until ready."""
+    from splitpin.kafka.broker import LocalBroker
+
+    broker = LocalBroker(_settings().broker)
+    typer.echo(broker.start())
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the broker cleanly (SIGTERM, then SIGKILL after a grace period)."""
+    from splitpin.kafka.broker import LocalBroker
+
+    typer.echo(LocalBroker(_settings().broker).stop())
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether the broker runs and answers; exit 1 when it does not."""
+    from splitpin.kafka.broker import LocalBroker
+
+    status = LocalBroker(_settings().broker).status()
+    typer.echo(status.describe())
+    if not status.answering:
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic (default: settings).")
+    ] = None,
+) -> None:
+    """Create every topic in the design brief (existing ones are left as they are)."""
+    from splitpin.kafka.admin import create_topics
+
+    for line in create_topics(_settings(), partitions=partitions):
+        typer.echo(line)
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show each splitpin topic with its partition count, or `missing`."""
+    from splitpin.kafka.admin import describe_topics
+
+    for line in describe_topics(_settings()):
+        typer.echo(line)
+
+
+@app.command("run")
+def run(
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Workers per process.")] = 1,
+    process_id: Annotated[
+        int | None, typer.Option("--process-id", "-i", help="This process's index in a cluster.")
+    ] = None,
+    addresses: Annotated[
+        str | None, typer.Option("--addresses", "-a", help="host:port;host:port of all processes.")
+    ] = None,
+    no_recovery: Annotated[
+        bool, typer.Option("--no-recovery", help="Run without snapshots (not for production).")
+    ] = False,
+    until_eof: Annotated[
+        bool, typer.Option("--until-eof", help="Stop at the end of the input instead of tailing.")
+    ] = False,
+) -> None:
+    """Run the routing dataflow (with Bytewax recovery unless --no-recovery)."""
+    from splitpin.runner import run_flow
+
+    run_flow(
+        _settings(),
+        workers=workers,
+        process_id=process_id,
+        addresses=addresses.split(";") if addresses else None,
+        recovery=not no_recovery,
+        tail=not until_eof,
+    )
+
+
+@app.command("replay")
+def replay(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL of events.")],
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Target topic (default: events topic).")] = None,
+) -> None:
+    """Publish a JSONL file of ConversationEvents, keyed by conversation_id."""
+    from splitpin.replay import replay_file
+
+    result = replay_file(_settings(), path, rate=rate, topic=topic)
+    typer.echo(result.describe())
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write (default: schemas/json).")] = None,
+) -> None:
+    """Write a JSON Schema file per wire model so consumers can validate records."""
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(out_dir):
+        typer.echo(str(path))
+
+
+def main() -> None:
+    """Entry point: SplitpinError becomes a one-paragraph message and exit status 2."""
+    try:
+        app()
+    except SplitpinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from exc

@@ -1,0 +1,110 @@
+"""Runtime settings: one frozen pydantic-settings model, overridable by environment.
+
+Every variable is `SPLITPIN_<FIELD>`; nested fields use `__`, e.g.
+`SPLITPIN_TOPICS__EVENTS=my.events` or `SPLITPIN_BROKER__PORT=19092`.
+`KAFKA_BOOTSTRAP_SERVERS` is accepted as an alias for the bootstrap servers so the
+same variable drives the tests, the CLI and docker-compose.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.governance import GovernanceConfig, load_governance
+from splitpin.errors import ConfigError, describe_validation_error
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "splitpin"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "splitpin"
+
+
+class TopicNames(BaseModel):
+    """Logical topic names; `Settings.topic()` applies the prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events: str = "conversations.events"
+    replies: str = "conversations.replies"
+    decisions: str = "routing.decisions"
+    validation_failures: str = "replies.validation-failures"
+    metrics: str = "routing.metrics"
+    metrics_windowed: str = "routing.metrics.windowed"
+    dead_letter: str = "conversations.dead-letter"
+
+
+class BrokerSettings(BaseModel):
+    """The local Apache Kafka broker (KRaft, combined mode) run from Maven Central jars."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka_version: str = "4.1.1"
+    host: str = "127.0.0.1"
+    port: int = Field(default=9092, ge=1, le=65535)
+    controller_port: int = Field(default=9093, ge=1, le=65535)
+    state_dir: Path = Field(default_factory=lambda: _state_home() / "broker")
+    jar_cache_dir: Path = Field(default_factory=lambda: _cache_home() / "kafka")
+    heap: str = "512m"
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a splitpin process needs to know at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPLITPIN_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("SPLITPIN_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Comma-separated host:port list of Kafka brokers.",
+    )
+    topic_prefix: str = Field(default="", description="Prepended to every topic name.")
+    topics: TopicNames = Field(default_factory=TopicNames)
+    partitions: int = Field(default=3, ge=1, description="Partitions per topic on create.")
+    replication_factor: int = Field(default=1, ge=1)
+
+    recovery_dir: Path = Field(default=Path(".splitpin/recovery"))
+    recovery_partitions: int = Field(default=1, ge=1)
+    snapshot_interval_s: float = Field(default=2.0, gt=0, description="Epoch/snapshot length.")
+    backup_interval_s: float = Field(default=0.0, ge=0)
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables the endpoint.")
+    max_event_bytes: int = Field(default=64 * 1024, ge=256, description="Larger events dead-letter.")
+    source_batch_size: int = Field(default=200, ge=1)
+    sink_flush_timeout_s: float = Field(default=30.0, gt=0)
+    delivery_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    governance_path: Path = Field(default=REPO_ROOT / "config" / "governance.yaml")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    def topic(self, name: str) -> str:
+        """The physical topic for a logical name in `TopicNames`."""
+        return self.topic_prefix + getattr(self.topics, name)
+
+    def all_topics(self) -> dict[str, str]:
+        """Logical name -> physical topic for every topic the flow uses."""
+        return {name: self.topic(name) for name in TopicNames.model_fields}
+
+    @cached_property
+    def governance(self) -> GovernanceConfig:
+        return load_governance(self.governance_path)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, naming the field on any error."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error("settings", exc)) from exc
