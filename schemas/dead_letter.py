@@ -16,7 +16,6 @@ DeadLetterReason = Literal[
     "unknown_schema_version",
     "schema_violation",
     "key_mismatch",
-    "consumer_error",
 ]
 
 

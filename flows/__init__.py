@@ -1,0 +1,1 @@
+"""Dataflow wiring only: `build_flow(settings) -> Dataflow`."""

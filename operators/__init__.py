@@ -1,0 +1,1 @@
+"""One module per stage: plain-Python logic first, a thin Bytewax wrapper last (if any)."""

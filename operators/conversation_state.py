@@ -1,0 +1,190 @@
+"""Per-conversation token state: sessions, a window of recent turns, idempotency.
+
+The logic is event-time only (gaps are measured between `sent_at` values), so replaying
+the same events from a snapshot reproduces the same observations byte for byte. Wall
+clock is used for one thing: evicting idle conversations from memory.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bytewax import operators as op
+from bytewax.operators import KeyedStream, StatefulLogic
+
+from schemas.decisions import TokenCounts
+from schemas.events import ConversationEvent
+from schemas.governance import ConversationConfig
+from splitpin import metrics
+from splitpin.tokens import count_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One turn kept verbatim in the recent window (the text later feeds the prompt)."""
+
+    event_id: str
+    role: str
+    text: str
+    tokens: int
+    sent_at: datetime
+
+
+@dataclass
+class ConversationState:
+    """Everything remembered about one conversation. Pickled into Bytewax snapshots."""
+
+    conversation_id: str
+    session_id: str
+    session_started_at: datetime
+    last_sent_at: datetime
+    turn_count: int = 0
+    session_tokens: int = 0
+    compacted_turns: int = 0
+    compacted_tokens: int = 0
+    window: deque[Turn] = field(default_factory=deque)
+    window_tokens: int = 0
+    seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    """event_id -> its token count: the token snapshot that makes a retried event a no-op."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnObservation:
+    """The state of the conversation right after one new turn; what routing decides on."""
+
+    event: ConversationEvent
+    session_id: str
+    turn_index: int
+    new_session: bool
+    tokens: TokenCounts
+    elapsed_s: float = 0.0
+    """Router time spent on this turn so far (for the decision-latency histogram only)."""
+
+
+class ConversationTracker:
+    """Folds events into ConversationState; pure apart from token counting."""
+
+    def __init__(self, config: ConversationConfig, encoding: str) -> None:
+        self._config = config
+        self._encoding = encoding
+
+    def observe(
+        self, state: ConversationState | None, event: ConversationEvent
+    ) -> tuple[ConversationState, TurnObservation | None]:
+        """Apply one event. Returns the new state and None when the event_id was seen."""
+        if state is not None and event.event_id in state.seen:
+            state.seen.move_to_end(event.event_id)
+            return state, None
+        new_session = state is None or self._gap_exceeded(state, event)
+        if state is None or new_session:
+            state = self._new_session(event, previous=state)
+        started = time.perf_counter()
+        tokens = count_tokens(event.text, self._encoding)
+        self._append(state, event, tokens)
+        observation = TurnObservation(
+            event=event,
+            session_id=state.session_id,
+            turn_index=state.turn_count - 1,
+            new_session=new_session,
+            tokens=TokenCounts(
+                encoding=self._encoding,
+                turn=tokens,
+                conversation=state.session_tokens,
+                window=state.window_tokens,
+                compacted=state.compacted_tokens,
+            ),
+            elapsed_s=time.perf_counter() - started,
+        )
+        return state, observation
+
+    def idle_eviction_s(self, channel: str) -> float:
+        """Wall-clock idle time after which a conversation's state may be dropped."""
+        gap = self._config.session_gap_s["email" if channel == "email" else "chat"]
+        return gap * self._config.idle_eviction_factor
+
+    def _gap_exceeded(self, state: ConversationState, event: ConversationEvent) -> bool:
+        gap = (event.sent_at - state.last_sent_at).total_seconds()
+        return gap > self._config.session_gap_s[event.channel]
+
+    def _new_session(
+        self, event: ConversationEvent, previous: ConversationState | None
+    ) -> ConversationState:
+        # Idempotency must outlive the session: a retry can arrive after a new session began.
+        seen = previous.seen if previous is not None else OrderedDict()
+        return ConversationState(
+            conversation_id=event.conversation_id,
+            session_id=f"{event.conversation_id}/{event.event_id}",
+            session_started_at=event.sent_at,
+            last_sent_at=event.sent_at,
+            seen=seen,
+        )
+
+    def _append(self, state: ConversationState, event: ConversationEvent, tokens: int) -> None:
+        state.turn_count += 1
+        state.session_tokens += tokens
+        state.last_sent_at = max(state.last_sent_at, event.sent_at)
+        state.window.append(Turn(event.event_id, event.role, event.text, tokens, event.sent_at))
+        state.window_tokens += tokens
+        # Keep the newest turn even if it alone exceeds the window; compact older ones.
+        while state.window_tokens > self._config.window_tokens and len(state.window) > 1:
+            dropped = state.window.popleft()
+            state.window_tokens -= dropped.tokens
+            state.compacted_turns += 1
+            state.compacted_tokens += dropped.tokens
+        state.seen[event.event_id] = tokens
+        while len(state.seen) > self._config.dedupe_capacity:
+            state.seen.popitem(last=False)
+
+
+# --- Bytewax wrapper -------------------------------------------------------------------
+
+
+class _ConversationLogic(StatefulLogic[ConversationEvent, TurnObservation, bytes]):
+    """Holds one conversation's state; drops it after a long wall-clock idle."""
+
+    def __init__(self, tracker: ConversationTracker, resume: bytes | None) -> None:
+        self._tracker = tracker
+        self._state: ConversationState | None = None
+        self._evict_at: datetime | None = None
+        if resume is not None:
+            self._state, self._evict_at = pickle.loads(resume)  # noqa: S301 - our own snapshot
+
+    def on_item(self, value: ConversationEvent) -> tuple[list[TurnObservation], bool]:
+        self._state, observation = self._tracker.observe(self._state, value)
+        idle = timedelta(seconds=self._tracker.idle_eviction_s(value.channel))
+        self._evict_at = datetime.now(UTC) + idle
+        if observation is None:
+            metrics.DUPLICATE_EVENTS.inc()
+            return [], StatefulLogic.RETAIN
+        metrics.EVENTS_INGESTED.labels(value.channel).inc()
+        if observation.new_session:
+            metrics.SESSIONS_STARTED.labels(value.channel).inc()
+        return [observation], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[TurnObservation], bool]:
+        metrics.CONVERSATIONS_EVICTED.inc()
+        return [], StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return self._evict_at
+
+    def snapshot(self) -> bytes:
+        # Pickled bytes are immutable, which Bytewax requires of snapshots, and cheaper
+        # than a deepcopy of the window.
+        return pickle.dumps((self._state, self._evict_at), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def track_conversations(
+    step_id: str, events: KeyedStream[ConversationEvent], tracker: ConversationTracker
+) -> KeyedStream[TurnObservation]:
+    """Keyed by conversation_id upstream; emits one observation per new (non-duplicate) turn."""
+
+    def build(resume: bytes | None) -> _ConversationLogic:
+        return _ConversationLogic(tracker, resume)
+
+    return op.stateful(step_id, events, build)
+

@@ -1,0 +1,50 @@
+"""Builders for test events: valid by default, overridable field by field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from operators.ingest import RawRecord
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def event_dict(
+    event_id: str = "e-1",
+    conversation_id: str = "c-1",
+    *,
+    text: str = "My card has not arrived yet, what should I do?",
+    channel: str = "chat",
+    role: str = "customer",
+    at_s: float = 0.0,
+    tags: tuple[str, ...] = (),
+    tenant_id: str = "acme-bank",
+    **extra: Any,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "conversation_id": conversation_id,
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "role": role,
+        "text": text,
+        "sent_at": (T0 + timedelta(seconds=at_s)).isoformat().replace("+00:00", "Z"),
+        "tags": list(tags),
+        "metadata": {},
+    }
+    data.update(extra)
+    return data
+
+
+def raw(data: dict[str, Any] | bytes, *, offset: int = 0, key: bytes | None = None) -> RawRecord:
+    """A consumed record; keyed by the event's conversation_id unless told otherwise."""
+    if isinstance(data, dict):
+        value = orjson.dumps(data)
+        key = key if key is not None else str(data.get("conversation_id", "")).encode() or None
+    else:
+        value = data
+    return RawRecord(key=key, value=value, topic="events", partition=0, offset=offset)

@@ -1,0 +1,84 @@
+"""Invalid settings or governance config fail at start-up with the field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas.governance import load_governance
+from splitpin.errors import ConfigError
+from splitpin.settings import REPO_ROOT, load_settings
+
+SHIPPED = REPO_ROOT / "config" / "governance.yaml"
+
+
+def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
+    data = yaml.safe_load(SHIPPED.read_text())
+    mutate(data)
+    path = tmp_path / "governance.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_governance(SHIPPED)
+    assert config.routing.fast_max_tokens == 2048
+    assert config.roles["fast"].version == "claude-3-5-haiku-20241022"
+    assert config.roles["long_context"].model == "gpt-4.1"
+    assert config.roles["compliance"].model == "claude-3-5-sonnet"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["roles"]["fast"].update(context_window=-1), "roles.fast.context_window"),
+        (lambda d: d["roles"]["fast"].pop("version"), "version pin required"),
+        (lambda d: d["roles"].pop("compliance"), "roles missing"),
+        (lambda d: d["routing"].update(fast_max_tokens="many"), "routing.fast_max_tokens"),
+        (lambda d: d["roles"]["fast"].update(tokenizer="gpt2"), "roles.fast.tokenizer"),
+        (lambda d: d["conversation"].update(session_gap_s={"chat": 60}), "email"),
+        (lambda d: d["roles"]["fast"].update(max_output_tokens=10**7), "max_output_tokens"),
+        (lambda d: d.update(surprise=1), "surprise"),
+    ],
+)
+def test_broken_governance_names_the_field(tmp_path: Path, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as excinfo:
+        load_governance(_write(tmp_path, mutate))
+    assert field in str(excinfo.value)
+
+
+def test_unpinned_versions_allowed_when_pins_not_required(tmp_path: Path) -> None:
+    def unpin(data: dict) -> None:  # type: ignore[type-arg]
+        data["require_version_pins"] = False
+        data["roles"]["fast"].pop("version")
+
+    config = load_governance(_write(tmp_path, unpin))
+    assert config.roles["fast"].pinned_id == "claude-3-5-haiku"
+
+
+def test_unreadable_and_non_yaml_governance(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_governance(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("roles: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_governance(bad)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPIN_TOPIC_PREFIX", "canary.")
+    monkeypatch.setenv("SPLITPIN_TOPICS__DECISIONS", "decisions.v2")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:29092")
+    settings = load_settings()
+    assert settings.bootstrap_servers == "broker:29092"
+    assert settings.topic("decisions") == "canary.decisions.v2"
+    assert settings.topic("events") == "canary.conversations.events"
+    assert len(settings.all_topics()) == 7
+
+
+def test_invalid_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPIN_SNAPSHOT_INTERVAL_S", "-1")
+    with pytest.raises(ConfigError, match="snapshot_interval_s"):
+        load_settings()
