@@ -34,13 +34,19 @@ class TopicNames(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    events: str = "conversations.events"
-    replies: str = "conversations.replies"
-    decisions: str = "routing.decisions"
-    validation_failures: str = "replies.validation-failures"
-    metrics: str = "routing.metrics"
-    metrics_windowed: str = "routing.metrics.windowed"
-    dead_letter: str = "conversations.dead-letter"
+    events: str = Field(default="conversations.events", description="In: ConversationEvent.")
+    replies: str = Field(default="conversations.replies", description="Reply revisions.")
+    decisions: str = Field(default="routing.decisions", description="RoutingDecision.")
+    validation_failures: str = Field(
+        default="replies.validation-failures", description="ValidationFailure."
+    )
+    metrics: str = Field(default="routing.metrics", description="CostRecord per model call.")
+    metrics_windowed: str = Field(
+        default="routing.metrics.windowed", description="Per tenant x model x minute."
+    )
+    dead_letter: str = Field(
+        default="conversations.dead-letter", description="Malformed input, with reasons."
+    )
 
 
 class BrokerSettings(BaseModel):
@@ -48,14 +54,20 @@ class BrokerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kafka_version: str = "4.1.1"
-    host: str = "127.0.0.1"
-    port: int = Field(default=9092, ge=1, le=65535)
-    controller_port: int = Field(default=9093, ge=1, le=65535)
-    state_dir: Path = Field(default_factory=lambda: _state_home() / "broker")
-    jar_cache_dir: Path = Field(default_factory=lambda: _cache_home() / "kafka")
-    heap: str = "512m"
-    start_timeout_s: float = Field(default=60.0, gt=0)
+    kafka_version: str = Field(default="4.1.1", description="org.apache.kafka:kafka_2.13 version.")
+    host: str = Field(default="127.0.0.1", description="Listen and advertise on this address.")
+    port: int = Field(default=9092, ge=1, le=65535, description="Client (PLAINTEXT) port.")
+    controller_port: int = Field(default=9093, ge=1, le=65535, description="KRaft controller.")
+    state_dir: Path = Field(
+        default_factory=lambda: _state_home() / "broker",
+        description="Config, data (log.dirs), pid file and logs.",
+    )
+    jar_cache_dir: Path = Field(
+        default_factory=lambda: _cache_home() / "kafka",
+        description="Jars resolved from Maven Central, once per version.",
+    )
+    heap: str = Field(default="512m", description="JVM -Xmx.")
+    start_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long to answer.")
 
 
 class Settings(BaseSettings):
@@ -73,20 +85,33 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prepended to every topic name.")
     topics: TopicNames = Field(default_factory=TopicNames)
     partitions: int = Field(default=3, ge=1, description="Partitions per topic on create.")
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1, description="Replicas per topic on create.")
 
-    recovery_dir: Path = Field(default=Path(".splitpin/recovery"))
-    recovery_partitions: int = Field(default=1, ge=1)
+    recovery_dir: Path = Field(
+        default=Path(".splitpin/recovery"), description="Bytewax snapshot partitions (SQLite)."
+    )
+    recovery_partitions: int = Field(
+        default=1, ge=1, description="Partitions created on first run; fixed afterwards."
+    )
     snapshot_interval_s: float = Field(default=2.0, gt=0, description="Epoch/snapshot length.")
-    backup_interval_s: float = Field(default=0.0, ge=0)
+    backup_interval_s: float = Field(
+        default=0.0, ge=0, description="Keep superseded snapshots this long (for backups)."
+    )
 
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables the endpoint.")
     max_event_bytes: int = Field(default=64 * 1024, ge=256, description="Larger events dead-letter.")
-    source_batch_size: int = Field(default=200, ge=1)
-    sink_flush_timeout_s: float = Field(default=30.0, gt=0)
-    delivery_timeout_ms: int = Field(default=30_000, ge=1_000)
+    source_batch_size: int = Field(default=200, ge=1, description="Max records per poll.")
+    sink_flush_timeout_s: float = Field(
+        default=30.0, gt=0, description="A batch not acknowledged by then stops the flow."
+    )
+    delivery_timeout_ms: int = Field(
+        default=30_000, ge=1_000, description="librdkafka delivery.timeout.ms for producers."
+    )
 
-    governance_path: Path = Field(default=REPO_ROOT / "config" / "governance.yaml")
+    governance_path: Path = Field(
+        default=REPO_ROOT / "config" / "governance.yaml",
+        description="Model roles, pins, prices, thresholds (config/governance.yaml).",
+    )
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     def topic(self, name: str) -> str:
