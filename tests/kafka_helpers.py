@@ -1,0 +1,85 @@
+"""Helpers for tests that talk to the session's real Kafka broker (see conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from splitpin.kafka.admin import LIBRDKAFKA_LOGGER
+from splitpin.kafka.broker import LocalBroker
+from splitpin.settings import Settings
+
+
+@dataclass(frozen=True)
+class KafkaBackend:
+    """Which broker this test session uses; `broker` is set only for a LocalBroker."""
+
+    bootstrap: str
+    kind: Literal["env", "testcontainers", "local"]
+    broker: LocalBroker | None = None
+
+
+class TopicSettingsFactory(Protocol):
+    """`topic_settings(partitions=1, **overrides)` -> Settings whose topics exist."""
+
+    def __call__(self, partitions: int = 1, **overrides: object) -> Settings: ...
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that were free a moment ago (all held open while choosing)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Message]:
+    """Read `topic` from the beginning until `expected` records arrived or time ran out.
+
+    Uses a throwaway consumer group and explicit assignment of every partition, so no
+    group rebalance delays the read and no committed offset leaks into other tests.
+    Returns what it got; the caller asserts on the count and contents.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-consume-all-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "logger": LIBRDKAFKA_LOGGER,
+        }
+    )
+    records: list[Message] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=10.0).topics[topic]
+        if metadata.error is not None:
+            msg = f"cannot read {topic}: {metadata.error}"
+            raise AssertionError(msg)
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)]
+        )
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = consumer.consume(
+                num_messages=expected - len(records),
+                timeout=min(0.5, max(0.0, deadline - time.monotonic())),
+            )
+            for message in batch:
+                error = message.error()
+                if error is None:
+                    records.append(message)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    msg = f"error reading {topic}: {error.str()}"
+                    raise AssertionError(msg)
+    finally:
+        consumer.close()
+    return records
