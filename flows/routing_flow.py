@@ -1,7 +1,7 @@
 """The routing dataflow: events -> ingest -> conversation state -> routing -> topics.
 
-    conversations.events ─▶ ingest ─┬─▶ dead-letter
-                                    └─▶ key by conversation ─▶ state ─▶ route ─▶ decisions
+conversations.events ─▶ ingest ─┬─▶ dead-letter
+                                └─▶ key by conversation ─▶ state ─▶ route ─▶ decisions
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import base64
 from typing import Any
 
 from bytewax import operators as op
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
@@ -37,7 +37,15 @@ def kafka_source(settings: Settings, *, tail: bool) -> KafkaSource:
     )
 
 
-def _raw(message: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
+def _raw(
+    message: KafkaSourceMessage[bytes | None, bytes | None]
+    | KafkaError[bytes | None, bytes | None],
+) -> RawRecord:
+    if isinstance(message, KafkaError):
+        # The source is built with raise_on_errors=True (the default), so consumer errors
+        # stop the flow inside the source; this only narrows the type.
+        msg = f"unexpected consumer error in stream: {message.err}"
+        raise TypeError(msg)
     timestamp = message.timestamp[1] if message.timestamp and message.timestamp[0] else None
     return RawRecord(
         key=message.key,

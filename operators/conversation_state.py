@@ -151,7 +151,7 @@ class _ConversationLogic(StatefulLogic[ConversationEvent, TurnObservation, bytes
         self._state: ConversationState | None = None
         self._evict_at: datetime | None = None
         if resume is not None:
-            self._state, self._evict_at = pickle.loads(resume)  # noqa: S301 - our own snapshot
+            self._state, self._evict_at = pickle.loads(resume)
 
     def on_item(self, value: ConversationEvent) -> tuple[list[TurnObservation], bool]:
         self._state, observation = self._tracker.observe(self._state, value)
@@ -187,4 +187,3 @@ def track_conversations(
         return _ConversationLogic(tracker, resume)
 
     return op.stateful(step_id, events, build)
-

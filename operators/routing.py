@@ -6,9 +6,9 @@ but nobody expects a model to answer them.
 
 from __future__ import annotations
 
+from operators.conversation_state import TurnObservation
 from schemas.decisions import ModelRole, RoutingDecision, Tier
 from schemas.governance import GovernanceConfig
-from operators.conversation_state import TurnObservation
 
 
 def decide(observation: TurnObservation, governance: GovernanceConfig) -> RoutingDecision | None:

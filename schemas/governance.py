@@ -47,6 +47,14 @@ class RoleConfig(_Frozen):
         return self.version or self.model
 
 
+def _default_tag_pins() -> dict[str, ModelRole]:
+    return {"compliance": "compliance"}
+
+
+def _default_session_gaps() -> dict[Literal["chat", "email"], float]:
+    return {"chat": 1800.0, "email": 7 * 86400.0}
+
+
 class RoutingConfig(_Frozen):
     token_encoding: Encoding = Field(
         default="cl100k_base", description="Encoding used for tier thresholds."
@@ -55,7 +63,7 @@ class RoutingConfig(_Frozen):
         default=2048, gt=0, description="Conversations under this go to the fast role."
     )
     tag_pins: dict[str, ModelRole] = Field(
-        default_factory=lambda: {"compliance": "compliance"},
+        default_factory=_default_tag_pins,
         description="An event tag that pins the route to a role whatever its size.",
     )
 
@@ -63,7 +71,7 @@ class RoutingConfig(_Frozen):
 class ConversationConfig(_Frozen):
     window_tokens: int = Field(default=4096, gt=0, description="Recent turns kept verbatim.")
     session_gap_s: dict[Literal["chat", "email"], float] = Field(
-        default_factory=lambda: {"chat": 1800.0, "email": 7 * 86400.0},
+        default_factory=_default_session_gaps,
         description="A turn after this much silence starts a new session.",
     )
     idle_eviction_factor: float = Field(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final[Literal[1]] = 1
 """Bump when a wire model changes incompatibly; ingest rejects versions it does not know."""
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})

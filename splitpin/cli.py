@@ -121,9 +121,19 @@ def replay(
     typer.echo(result.describe())
 
 
+@app.command("demo")
+def demo() -> None:
+    """Run the whole path on the sample traffic and print a summary (starts a broker if needed)."""
+    from splitpin.demo import run_demo
+
+    run_demo(_settings(), echo=typer.echo)
+
+
 @schemas_app.command("export")
 def schemas_export(
-    out_dir: Annotated[Path | None, typer.Option(help="Where to write (default: schemas/json).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write (default: schemas/json).")
+    ] = None,
 ) -> None:
     """Write a JSON Schema file per wire model so consumers can validate records."""
     from schemas.export import export_json_schemas

@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     """Everything a splitpin process needs to know at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SPLITPIN_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="SPLITPIN_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
     )
 
     bootstrap_servers: str = Field(
@@ -99,7 +103,9 @@ class Settings(BaseSettings):
     )
 
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables the endpoint.")
-    max_event_bytes: int = Field(default=64 * 1024, ge=256, description="Larger events dead-letter.")
+    max_event_bytes: int = Field(
+        default=64 * 1024, ge=256, description="Larger events dead-letter."
+    )
     source_batch_size: int = Field(default=200, ge=1, description="Max records per poll.")
     sink_flush_timeout_s: float = Field(
         default=30.0, gt=0, description="A batch not acknowledged by then stops the flow."
@@ -116,7 +122,7 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         """The physical topic for a logical name in `TopicNames`."""
-        return self.topic_prefix + getattr(self.topics, name)
+        return self.topic_prefix + str(getattr(self.topics, name))
 
     def all_topics(self) -> dict[str, str]:
         """Logical name -> physical topic for every topic the flow uses."""

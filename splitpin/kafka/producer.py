@@ -18,7 +18,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from splitpin.errors import DeliveryError
 
 
-def producer_config(bootstrap_servers: str, delivery_timeout_ms: int, **extra: Any) -> dict[str, Any]:
+def producer_config(
+    bootstrap_servers: str, delivery_timeout_ms: int, **extra: Any
+) -> dict[str, Any]:
     """The one producer configuration splitpin uses everywhere."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,

@@ -40,16 +40,19 @@ def test_events_become_decisions_and_garbage_dead_letters(settings: Settings) ->
     ]
     out = _run(settings, records)
     decisions = [decode(RoutingDecision, r.value) for r in _by_topic(out, "test.routing.decisions")]
-    letters = [decode(DeadLetter, r.value) for r in _by_topic(out, "test.conversations.dead-letter")]
+    letters = [
+        decode(DeadLetter, r.value) for r in _by_topic(out, "test.conversations.dead-letter")
+    ]
 
     assert sorted(d.event_id for d in decisions) == ["a-0", "a-1", "b-0"]
     by_id = {d.event_id: d for d in decisions}
     assert by_id["b-0"].role == "compliance"
     assert by_id["a-1"].turn_index == 1
     assert by_id["a-1"].tokens.conversation > by_id["a-0"].tokens.conversation
-    assert all(r.key == d.conversation_id.encode() for r, d in zip(
-        _by_topic(out, "test.routing.decisions"), decisions, strict=True
-    ))
+    assert all(
+        r.key == d.conversation_id.encode()
+        for r, d in zip(_by_topic(out, "test.routing.decisions"), decisions, strict=True)
+    )
     assert [(x.reason, x.source_offset) for x in letters] == [("not_json", 1)]
 
 
@@ -71,7 +74,9 @@ def test_conversation_order_is_kept_under_many_workers(settings: Settings) -> No
 
 
 def test_decisions_are_byte_identical_when_replayed(settings: Settings) -> None:
-    records = [raw(event_dict(f"r-{i}", "r", text="hello " * i, at_s=i), offset=i) for i in range(1, 8)]
+    records = [
+        raw(event_dict(f"r-{i}", "r", text="hello " * i, at_s=i), offset=i) for i in range(1, 8)
+    ]
     first = _run(settings, records)
     second = _run(settings, records)
     assert [r.value for r in first] == [r.value for r in second]

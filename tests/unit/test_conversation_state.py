@@ -17,7 +17,9 @@ CONFIG = ConversationConfig(
 )
 
 
-def _event(i: int, *, at_s: float, channel: str = "chat", text: str = "hello there") -> ConversationEvent:
+def _event(
+    i: int, *, at_s: float, channel: str = "chat", text: str = "hello there"
+) -> ConversationEvent:
     return ConversationEvent.model_validate(
         event_dict(f"e-{i}", "c-1", at_s=at_s, channel=channel, text=text)
     )
