@@ -24,6 +24,7 @@ from schemas.decisions import RoutingDecision
 from schemas.events import ConversationEvent
 from schemas.wire import encode
 from splitpin import metrics
+from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.settings import Settings
 
 
@@ -34,6 +35,8 @@ def kafka_source(settings: Settings, *, tail: bool) -> KafkaSource:
         [settings.topic("events")],
         tail=tail,
         batch_size=settings.source_batch_size,
+        # Bytewax passes this dict to its consumers and admin client alike.
+        add_config={"logger": LIBRDKAFKA_LOGGER},  # type: ignore[dict-item]
     )
 
 
@@ -88,7 +91,7 @@ def build_flow(
     def route(observation: Any) -> RoutingDecision | None:
         decision = decide(observation, governance)
         if decision is not None:
-            metrics.ROUTING_DECISIONS.labels(decision.role, decision.tier).inc()
+            metrics.count(metrics.ROUTING_DECISIONS, decision.role, decision.tier)
             metrics.DECISION_SECONDS.observe(observation.elapsed_s)
         return decision
 
@@ -101,7 +104,7 @@ def build_flow(
         return OutRecord(decisions_topic, decision.conversation_id.encode(), encode(decision))
 
     def dead_letter_out(letter: DeadLetter) -> OutRecord:
-        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+        metrics.count(metrics.DEAD_LETTERS, letter.reason)
         key = base64.b64decode(letter.key_b64) if letter.key_b64 is not None else None
         return OutRecord(dead_letter_topic, key, encode(letter))
 

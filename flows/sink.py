@@ -38,7 +38,7 @@ class _CheckedSinkPartition(StatelessSinkPartition[OutRecord]):
         with metrics.SINK_FLUSH_SECONDS.time():
             self._producer.flush(self._flush_timeout_s)
         for topic, count in Counter(item.topic for item in items).items():
-            metrics.SINK_RECORDS.labels(topic).inc(count)
+            metrics.count(metrics.SINK_RECORDS, topic, amount=count)
 
     def close(self) -> None:
         self._producer.flush(self._flush_timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -142,8 +143,17 @@ def schemas_export(
         typer.echo(str(path))
 
 
+def _configure_logging() -> None:
+    """Warnings and errors to stderr; librdkafka's routine retries (warnings) stay quiet."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("splitpin.kafka.librdkafka").setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Entry point: SplitpinError becomes a one-paragraph message and exit status 2."""
+    _configure_logging()
     try:
         app()
     except SplitpinError as exc:

@@ -6,6 +6,8 @@ channels, topics): never a conversation, tenant-user or event id.
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 # Buckets resolve the 15 ms decision budget finely and still show slow outliers.
@@ -41,6 +43,17 @@ SINK_RECORDS = Counter(
 SINK_FLUSH_SECONDS = Histogram(
     "splitpin_sink_flush_seconds", "Time to get a batch acknowledged.", buckets=FLUSH_BUCKETS
 )
+
+
+@cache
+def _child(counter: Counter, labels: tuple[str, ...]) -> Counter:
+    return counter.labels(*labels)
+
+
+def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
+    """Increment a labelled counter; children are cached because `labels()` is per-event
+    hot-path work (label validation under a lock) and our label sets are small and fixed."""
+    _child(counter, labels).inc(amount)
 
 
 def serve(port: int) -> None:

@@ -11,8 +11,8 @@ from typing import Literal, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from splitpin.kafka.admin import LIBRDKAFKA_LOGGER
 from splitpin.kafka.broker import LocalBroker
+from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.settings import Settings
 
 

@@ -7,7 +7,6 @@ Every confluent_kafka exception is translated into BrokerError here.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,12 +16,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin for mypy
 
 from splitpin.errors import BrokerError, ConfigError
+from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.settings import Settings
-
-# librdkafka logs (connection refused while a broker starts, ...) go through this logger
-# instead of raw stderr; it is silent unless the application configures logging.
-LIBRDKAFKA_LOGGER = logging.getLogger("splitpin.kafka.librdkafka")
-LIBRDKAFKA_LOGGER.addHandler(logging.NullHandler())
 
 ADMIN_TIMEOUT_S = 30.0
 _POLL_S = 0.2

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from splitpin.errors import DeliveryError
+from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 
 
 def producer_config(
@@ -24,6 +25,7 @@ def producer_config(
     """The one producer configuration splitpin uses everywhere."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
+        "logger": LIBRDKAFKA_LOGGER,
         "enable.idempotence": True,  # implies acks=all, bounded in-flight, no reordering on retry
         "acks": "all",
         "linger.ms": 5,

@@ -8,6 +8,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from splitpin.errors import BrokerError
+from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 
 
 def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list[Message]:
@@ -15,6 +16,7 @@ def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> 
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
+            "logger": LIBRDKAFKA_LOGGER,
             "group.id": f"splitpin-reader-{uuid.uuid4()}",
             "enable.auto.commit": False,
         }

@@ -1,0 +1,43 @@
+"""The Prometheus counters move with what the flow actually emitted."""
+
+from __future__ import annotations
+
+from bytewax.testing import TestingSink, TestingSource, run_main
+from prometheus_client import REGISTRY
+
+from flows.routing_flow import build_flow
+from flows.sink import OutRecord
+from splitpin.settings import load_settings
+from tests.factories import event_dict, raw
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_counters_follow_outputs() -> None:
+    before = {
+        "fast": _value("splitpin_routing_decisions_total", role="fast", tier="bounded"),
+        "compliance": _value("splitpin_routing_decisions_total", role="compliance", tier="bounded"),
+        "not_json": _value("splitpin_dead_letters_total", reason="not_json"),
+        "dupes": _value("splitpin_duplicate_events_total"),
+        "decisions": _value("splitpin_decision_seconds_count"),
+    }
+    records = [
+        raw(event_dict("m-0", "m", text="where is my card"), offset=0),
+        raw(event_dict("m-0", "m", text="where is my card"), offset=1),
+        raw(event_dict("n-0", "n", text="card stolen", tags=("compliance",)), offset=2),
+        raw(b"nope", offset=3),
+    ]
+    out: list[OutRecord] = []
+    settings = load_settings(topic_prefix="metrics.")
+    run_main(build_flow(settings, source=TestingSource(records), sink=TestingSink(out)))
+
+    assert len(out) == 3
+    fast = _value("splitpin_routing_decisions_total", role="fast", tier="bounded")
+    compliance = _value("splitpin_routing_decisions_total", role="compliance", tier="bounded")
+    assert fast - before["fast"] == 1
+    assert compliance - before["compliance"] == 1
+    assert _value("splitpin_dead_letters_total", reason="not_json") - before["not_json"] == 1
+    assert _value("splitpin_duplicate_events_total") - before["dupes"] == 1
+    assert _value("splitpin_decision_seconds_count") - before["decisions"] == 2
