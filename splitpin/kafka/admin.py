@@ -155,14 +155,19 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = ADMIN
         time.sleep(_POLL_S)
 
 
-def _partition_counts(client: AdminClient, bootstrap: str) -> dict[str, int]:
-    """Topic -> partition count for every topic the cluster lists."""
+def _list_topics(client: AdminClient, bootstrap: str, timeout_s: float) -> dict[str, Any]:
+    """Topic name -> metadata, with a broker that does not answer as a BrokerError."""
     try:
-        metadata = client.list_topics(timeout=ADMIN_TIMEOUT_S)
+        return dict(client.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
         msg = f"no Kafka broker answered at {bootstrap}: {_reason(exc)}"
         raise BrokerError(msg) from exc
-    return {str(name): len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+def _partition_counts(client: AdminClient, bootstrap: str) -> dict[str, int]:
+    """Topic -> partition count for every topic the cluster lists."""
+    topics = _list_topics(client, bootstrap, ADMIN_TIMEOUT_S)
+    return {str(name): len(topic.partitions) for name, topic in topics.items()}
 
 
 def _await_leaders(
@@ -172,11 +177,7 @@ def _await_leaders(
     deadline = time.monotonic() + timeout_s
     pending = set(names)
     while pending:
-        try:
-            topics = client.list_topics(timeout=min(5.0, timeout_s)).topics
-        except KafkaException as exc:
-            msg = f"no Kafka broker answered at {bootstrap}: {_reason(exc)}"
-            raise BrokerError(msg) from exc
+        topics = _list_topics(client, bootstrap, min(5.0, timeout_s))
         pending = {name for name in pending if not _has_leaders(topics.get(name))}
         if not pending:
             return
