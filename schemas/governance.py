@@ -62,10 +62,85 @@ class RoutingConfig(_Frozen):
     fast_max_tokens: int = Field(
         default=2048, gt=0, description="Conversations under this go to the fast role."
     )
+    trivial_role: ModelRole = Field(
+        default="fast", description="Role for greetings, thanks and other small talk."
+    )
     tag_pins: dict[str, ModelRole] = Field(
         default_factory=_default_tag_pins,
         description="An event tag that pins the route to a role whatever its size.",
     )
+    compliance_role: ModelRole = Field(
+        default="compliance", description="Role that compliance-bound requests are pinned to."
+    )
+    compliance_intents: tuple[str, ...] = Field(
+        default=(),
+        description="Intents (banking77 labels) that make a request compliance-bound.",
+    )
+    compliance_min_confidence: float = Field(
+        default=0.35,
+        ge=0,
+        le=1,
+        description="A compliance intent pins only when the classifier is at least this sure.",
+    )
+
+
+class ClassifierConfig(_Frozen):
+    """The in-process transformer: all-MiniLM-L6-v2 int8 ONNX plus trained linear heads."""
+
+    artifacts_dir: Path = Field(
+        default=Path("splitpin/router/artifacts"),
+        description="Trained heads and their manifest; relative paths are from the repo root.",
+    )
+    max_seq_tokens: int = Field(default=128, gt=8, le=512, description="WordPiece truncation.")
+    intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per worker.")
+    batch_size: int = Field(default=32, ge=1, description="Texts per ONNX call in the flow.")
+    out_of_scope_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Out-of-scope probability above which a text is OOS."
+    )
+    memo_size: int = Field(
+        default=4096, ge=0, description="Worker-local memo of classifications by normalized text."
+    )
+
+
+class ContextConfig(_Frozen):
+    """What the context-window guard counts besides the conversation itself."""
+
+    system_prompt_tokens: int = Field(
+        default=600, ge=0, description="Reserved for the system prompt and retrieved sources."
+    )
+    summary_max_tokens: int = Field(
+        default=512, gt=0, description="Budget for the compacted summary of older turns."
+    )
+    fit_order: tuple[ModelRole, ...] = Field(
+        default=("fast", "long_context"),
+        description="Roles tried, in order, when the routed role's window is too small.",
+    )
+
+
+class TenantBudget(_Frozen):
+    limit_usd: float = Field(gt=0, description="Spend allowed per budget window.")
+    allowed_roles: tuple[ModelRole, ...] | None = Field(
+        default=None, description="Roles this tenant may use; None means all."
+    )
+
+
+class BudgetConfig(_Frozen):
+    window_s: float = Field(default=3600.0, gt=0, description="Budget window, in event time.")
+    default: TenantBudget = Field(default_factory=lambda: TenantBudget(limit_usd=10.0))
+    tenants: dict[str, TenantBudget] = Field(default_factory=dict)
+    expected_output_tokens: int = Field(
+        default=400, gt=0, description="Output assumed when reserving, before actual usage."
+    )
+
+    def for_tenant(self, tenant_id: str) -> TenantBudget:
+        return self.tenants.get(tenant_id, self.default)
+
+
+class CacheConfig(_Frozen):
+    ttl_s: float = Field(
+        default=600.0, ge=0, description="A repeat within this (event time) reuses the decision."
+    )
+    max_entries: int = Field(default=32, ge=0, description="Cached texts per conversation.")
 
 
 class ConversationConfig(_Frozen):
@@ -96,10 +171,17 @@ class GovernanceConfig(_Frozen):
     roles: dict[ModelRole, RoleConfig]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
     def _roles_complete_and_pinned(self) -> Self:
-        needed = {"fast", "long_context", "compliance"} | set(self.routing.tag_pins.values())
+        needed = {"fast", "long_context", "compliance", "summarizer"}
+        needed |= set(self.routing.tag_pins.values())
+        needed |= {self.routing.trivial_role, self.routing.compliance_role}
+        needed |= set(self.context.fit_order)
         missing = needed - set(self.roles)
         if missing:
             msg = f"roles missing: {sorted(missing)}"
