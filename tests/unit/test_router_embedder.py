@@ -1,0 +1,118 @@
+"""MiniLM embeddings: hash-checked loading, pooling, truncation and batch independence.
+
+Batch independence is what makes crash recovery safe: the flow re-emits decisions after a
+restart and they must be byte-identical, yet the micro-batch a text lands in differs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from schemas.governance import ClassifierConfig, RoutingConfig
+from splitpin.errors import ConfigError
+from splitpin.router.classifier import Classifier
+from splitpin.router.embedder import (
+    EMBEDDING_DIM,
+    MODEL_PACKAGE,
+    MODEL_RESOURCE,
+    MODEL_SHA256,
+    TOKENIZER_PACKAGE,
+    TOKENIZER_RESOURCE,
+    Embedder,
+    read_verified,
+)
+
+TEXTS = [
+    "hi",
+    "I lost my card",
+    "My card was stolen yesterday and someone used it at a petrol station",
+    "What is the exchange rate for euros?",
+    "why was I charged twice for the same payment at the grocery store last week",
+    "top up failed",
+    "How long does a transfer to another country take? I sent money to my sister in Spain "
+    "on Monday and she still has not received it, which is strange because usually it is fast.",
+    "can you tell me a joke",
+    "I lost my card",  # a duplicate inside the same batch
+    "verify identity",
+    "Is there a fee for ATM withdrawals abroad?",
+    "what's the weather tomorrow",
+    " ".join(["my card payment was declined at the shop"] * 40),  # truncated at 128 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.load(max_seq_tokens=128, intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def alone(embedder: Embedder) -> np.ndarray:
+    return np.stack([embedder.embed([t])[0] for t in TEXTS])
+
+
+def test_shape_dtype_and_unit_norm(embedder: Embedder, alone: np.ndarray) -> None:
+    out = embedder.embed(TEXTS[:3])
+    assert out.shape == (3, EMBEDDING_DIM) and out.dtype == np.float32
+    assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, EMBEDDING_DIM)
+
+
+def test_embeddings_carry_meaning(embedder: Embedder) -> None:
+    lost, missing, weather = embedder.embed(
+        ["I lost my card", "my card is missing", "what is the weather like in Paris"]
+    )
+    assert float(lost @ missing) > float(lost @ weather) + 0.2
+
+
+def test_truncation_to_max_seq_tokens(embedder: Embedder) -> None:
+    [ids] = embedder.token_ids([TEXTS[-1]])
+    assert len(ids) == 128
+    assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP] survive truncation
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, len(TEXTS)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_embedding_is_bit_identical_in_any_batch(
+    embedder: Embedder, alone: np.ndarray, size: int, seed: int
+) -> None:
+    order = list(range(len(TEXTS)))
+    random.Random(seed).shuffle(order)
+    for batch in _batches(order, size):
+        out = embedder.embed([TEXTS[i] for i in batch])
+        for row, i in zip(out, batch, strict=True):
+            assert np.array_equal(row, alone[i]), f"text {i} differs in batch {batch}"
+
+
+def test_embedding_is_bit_identical_with_two_threads(alone: np.ndarray) -> None:
+    two = Embedder.load(max_seq_tokens=128, intra_op_threads=2)
+    assert np.array_equal(two.embed(TEXTS), alone)
+
+
+def test_classification_is_identical_in_any_batch() -> None:
+    classifier = Classifier.load(ClassifierConfig(), RoutingConfig())
+    single = [classifier.classify(t) for t in TEXTS]
+    assert classifier.classify_batch(TEXTS) == single
+    reordered = list(reversed(TEXTS))
+    assert classifier.classify_batch(reordered) == list(reversed(single))
+    assert classifier.classify_batch(TEXTS[3:7]) == single[3:7]
+
+
+def test_hash_mismatch_is_refused_naming_the_file() -> None:
+    with pytest.raises(ConfigError, match=rf"{MODEL_PACKAGE}/{MODEL_RESOURCE} has sha256"):
+        read_verified(MODEL_PACKAGE, MODEL_RESOURCE, "0" * 64)
+    with pytest.raises(ConfigError, match=r"tokenizer\.json has sha256"):
+        read_verified(TOKENIZER_PACKAGE, TOKENIZER_RESOURCE, MODEL_SHA256)
+
+
+def test_missing_file_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_verified(MODEL_PACKAGE, "nope.onnx", MODEL_SHA256)

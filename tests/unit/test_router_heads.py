@@ -1,0 +1,99 @@
+"""Features and heads in numpy: n-grams, TF-IDF, int8 weights, reproducible artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitpin.router.heads import (
+    LinearHead,
+    TextFeaturizer,
+    char_ngrams,
+    dequantize_int8,
+    load_npz,
+    normalize,
+    quantize_int8,
+    save_npz,
+    word_ngrams,
+)
+
+
+def test_normalize_collapses_whitespace() -> None:
+    assert normalize("  my\tcard \n is  lost ") == "my card is lost"
+
+
+def test_word_ngrams_are_lowercased_unigrams_and_bigrams() -> None:
+    assert word_ngrams("Lost my CARD") == ["lost", "my", "card", "lost my", "my card"]
+    # Single characters are not words (as scikit-learn's default token pattern).
+    assert word_ngrams("a b") == []
+
+
+def test_char_ngrams_stay_inside_words() -> None:
+    grams = char_ngrams("ab cd", 2, 3)
+    assert grams == [" a", "ab", "b ", " ab", "ab ", " c", "cd", "d ", " cd", "cd "]
+    assert not any("b c" in g for g in grams)
+
+
+def test_featurizer_fit_is_deterministic_and_blocks_are_unit_norm() -> None:
+    texts = ["my card is lost", "my card was stolen", "where is my card", "lost card"]
+    a = TextFeaturizer.fit(texts, max_words=5, max_chars=20, min_df=2)
+    b = TextFeaturizer.fit(list(reversed(texts)), max_words=5, max_chars=20, min_df=2)
+    assert a.word_vocab == b.word_vocab and a.char_vocab == b.char_vocab
+    assert "card" in a.word_vocab and "my card" in a.word_vocab
+    assert len(a.word_vocab) <= 5 and len(a.char_vocab) <= 20
+
+    row = a.transform("my card is lost")
+    assert np.all(np.diff(row.indices) > 0)
+    n_words = len(a.word_vocab)
+    words = row.values[row.indices < n_words]
+    chars = row.values[row.indices >= n_words]
+    assert np.isclose(np.linalg.norm(words), 1.0) and np.isclose(np.linalg.norm(chars), 1.0)
+    # A rarer n-gram weighs more: "lost" is in 2 documents, "card" in all 4.
+    value = dict(zip(row.indices.tolist(), row.values.tolist(), strict=True))
+    assert value[a.word_vocab.index("lost")] > value[a.word_vocab.index("card")]
+
+
+def test_featurizer_of_unknown_text_is_empty() -> None:
+    f = TextFeaturizer.fit(["card card", "card"], max_words=10, max_chars=10, min_df=1)
+    row = f.transform("zzz qqq")
+    assert row.indices.size == 0 and row.values.size == 0
+
+
+def test_int8_round_trip_error_is_below_half_a_step() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(50, 7)).astype(np.float32)
+    w[:, 3] = 0.0
+    q, scale = quantize_int8(w)
+    back = dequantize_int8(q, scale)
+    assert q.dtype == np.int8
+    assert np.all(np.abs(back - w) <= scale[None, :] / 2 + 1e-6)
+    assert np.all(back[:, 3] == 0.0)
+
+
+def test_linear_head_softmax() -> None:
+    head = LinearHead(
+        labels=("a", "b"),
+        w_emb=np.array([[1.0, -1.0], [0.0, 0.0]], dtype=np.float32),
+        w_txt=np.array([[0.0, 4.0]], dtype=np.float32),
+        bias=np.zeros(2, dtype=np.float32),
+    )
+    f = TextFeaturizer(["card"], [], np.ones(1, np.float32), np.ones(0, np.float32))
+    emb = np.array([1.0, 0.0], dtype=np.float32)
+    p = head.proba(emb, f.transform("nothing"))
+    assert p.sum() == pytest.approx(1.0)
+    assert p[0] == pytest.approx(np.exp(1) / (np.exp(1) + np.exp(-1)))
+    # The n-gram "card" (value 1 after normalisation) adds 4 to class b's logit: 1 vs 3.
+    p_card = head.proba(emb, f.transform("card"))
+    assert p_card[1] == pytest.approx(np.exp(3) / (np.exp(1) + np.exp(3)))
+
+
+def test_npz_is_byte_reproducible(tmp_path: Path) -> None:
+    arrays = {"w": np.arange(12, dtype=np.float16).reshape(3, 4), "b": np.ones(3, np.int8)}
+    save_npz(tmp_path / "a.npz", arrays)
+    save_npz(tmp_path / "b.npz", dict(reversed(list(arrays.items()))))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = load_npz(tmp_path / "a.npz")
+    assert set(loaded) == {"w", "b"}
+    assert np.array_equal(loaded["w"], arrays["w"]) and loaded["w"].dtype == np.float16
