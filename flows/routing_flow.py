@@ -1,13 +1,17 @@
-"""The routing dataflow: events -> ingest -> conversation state -> routing -> topics.
+"""The routing dataflow.
 
 conversations.events ─▶ ingest ─┬─▶ dead-letter
-                                └─▶ key by conversation ─▶ state ─▶ route ─▶ decisions
+                                └─▶ classify (micro-batched ONNX)
+                                    ─▶ key by conversation ─▶ state + cache + policy + guard
+                                    ─▶ key by tenant ─┐
+routing.metrics (CostRecord) ─▶ ingest ─▶ key by tenant ─┴─▶ budget gate
+                                    ─▶ routing.decisions, replies.validation-failures
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from dataclasses import dataclass
 
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
@@ -16,23 +20,34 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from flows.sink import CheckedKafkaSink, OutRecord
-from operators.conversation_state import ConversationTracker, track_conversations
-from operators.ingest import RawRecord, parse_event
-from operators.routing import decide
+from operators.budget import BudgetGate, BudgetInput, BudgetOutput, gate_budgets
+from operators.classify import MemoizedClassifier, classify_events
+from operators.ingest import RawRecord, parse_event, parse_record
+from operators.routing import RoutePlan, Router, route_conversations
 from schemas.dead_letter import DeadLetter
 from schemas.decisions import RoutingDecision
 from schemas.events import ConversationEvent
+from schemas.metrics import CostRecord
 from schemas.wire import encode
 from splitpin import metrics
 from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
+from splitpin.router.classifier import Classifier
 from splitpin.settings import Settings
 
 
-def kafka_source(settings: Settings, *, tail: bool) -> KafkaSource:
+@dataclass(frozen=True)
+class FlowInputs:
+    """Sources for tests; production reads both topics from Kafka."""
+
+    events: Source[RawRecord]
+    usage: Source[RawRecord] | None = None
+
+
+def kafka_source(settings: Settings, topic: str, *, tail: bool) -> KafkaSource:
     """Offsets live in Bytewax snapshots (no consumer group), so a resume rewinds exactly."""
     return KafkaSource(
         [settings.bootstrap_servers],
-        [settings.topic("events")],
+        [settings.topic(topic)],
         tail=tail,
         batch_size=settings.source_batch_size,
         # Bytewax passes this dict to its consumers and admin client alike.
@@ -60,48 +75,80 @@ def _raw(
     )
 
 
+def _read(
+    flow: Dataflow, step: str, settings: Settings, topic: str, tail: bool
+) -> Stream[RawRecord]:
+    consumed = op.input(f"{step}-in", flow, kafka_source(settings, topic, tail=tail))
+    return op.map(f"{step}-raw", consumed, _raw)
+
+
 def build_flow(
     settings: Settings,
     *,
-    source: Source[RawRecord] | None = None,
+    inputs: FlowInputs | None = None,
     sink: Sink[OutRecord] | None = None,
+    classifier: Classifier | None = None,
     tail: bool = True,
 ) -> Dataflow:
-    """Wire the stages. Tests pass a TestingSource of RawRecords and a TestingSink."""
+    """Wire the stages. Tests pass TestingSources of RawRecords and a TestingSink."""
     governance = settings.governance
-    tracker = ConversationTracker(governance.conversation, governance.routing.token_encoding)
+    router = Router(governance)
+    gate = BudgetGate(governance)
+    loaded = classifier or Classifier.load(governance.classifier, governance.routing)
+    memoized = MemoizedClassifier(
+        loaded, governance.classifier.memo_size, governance.classifier.batch_size
+    )
     max_bytes = settings.max_event_bytes
 
     flow = Dataflow("splitpin-routing")
-    raw: Stream[RawRecord]
-    if source is None:
-        consumed = op.input("kafka-in", flow, kafka_source(settings, tail=tail))
-        raw = op.map("to-raw", consumed, _raw)
+    if inputs is None:
+        raw_events = _read(flow, "events", settings, "events", tail)
+        raw_usage: Stream[RawRecord] | None = _read(flow, "usage", settings, "metrics", tail)
     else:
-        raw = op.input("in", flow, source)
+        raw_events = op.input("events-in", flow, inputs.events)
+        raw_usage = op.input("usage-in", flow, inputs.usage) if inputs.usage else None
 
-    parsed = op.map("ingest", raw, lambda record: parse_event(record, max_bytes))
+    parsed = op.map("ingest", raw_events, lambda record: parse_event(record, max_bytes))
     split = op.branch("valid", parsed, lambda item: isinstance(item, ConversationEvent))
     events: Stream[ConversationEvent] = split.trues  # type: ignore[assignment]
-    dead: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
+    dead: list[Stream[DeadLetter]] = [split.falses]  # type: ignore[list-item]
 
-    keyed = op.key_on("by-conversation", events, lambda event: event.conversation_id)
-    observed = track_conversations("conversation-state", keyed, tracker)
+    classified = classify_events("classify", events, memoized)
+    by_conversation = op.key_on("by-conversation", classified, lambda item: item[0].conversation_id)
+    routed = op.key_rm(
+        "unkey-conversation", route_conversations("conversation", by_conversation, router)
+    )
 
-    def route(observation: Any) -> RoutingDecision | None:
-        decision = decide(observation, governance)
-        if decision is not None:
-            metrics.count(metrics.ROUTING_DECISIONS, decision.role, decision.tier)
-            metrics.DECISION_SECONDS.observe(observation.elapsed_s)
-        return decision
+    def observe_latency(plan: RoutePlan) -> RoutePlan:
+        metrics.DECISION_SECONDS.observe(plan.elapsed_s)
+        return plan
 
-    decisions = op.filter_map("route", op.key_rm("unkey", observed), route)
+    budget_inputs: Stream[BudgetInput] = op.map("decision-latency", routed, observe_latency)
+    if raw_usage is not None:
+        parsed_usage = op.map(
+            "ingest-usage",
+            raw_usage,
+            lambda record: parse_record(record, CostRecord, "tenant_id", max_bytes),
+        )
+        usage_split = op.branch("valid-usage", parsed_usage, lambda x: isinstance(x, CostRecord))
+        usage: Stream[CostRecord] = usage_split.trues  # type: ignore[assignment]
+        dead.append(usage_split.falses)  # type: ignore[arg-type]
+        budget_inputs = op.merge("budget-inputs", budget_inputs, usage)
+
+    by_tenant = op.key_on("by-tenant", budget_inputs, _tenant_of)
+    outcomes = op.key_rm("unkey-tenant", gate_budgets("budget", by_tenant, gate))
 
     decisions_topic = settings.topic("decisions")
+    failures_topic = settings.topic("validation_failures")
     dead_letter_topic = settings.topic("dead_letter")
 
-    def decision_out(decision: RoutingDecision) -> OutRecord:
-        return OutRecord(decisions_topic, decision.conversation_id.encode(), encode(decision))
+    def outcome_out(outcome: BudgetOutput) -> OutRecord:
+        key = outcome.conversation_id.encode()
+        if isinstance(outcome, RoutingDecision):
+            metrics.count(metrics.ROUTING_DECISIONS, outcome.role, outcome.tier)
+            return OutRecord(decisions_topic, key, encode(outcome))
+        metrics.count(metrics.VALIDATION_FAILURES, outcome.error)
+        return OutRecord(failures_topic, key, encode(outcome))
 
     def dead_letter_out(letter: DeadLetter) -> OutRecord:
         metrics.count(metrics.DEAD_LETTERS, letter.reason)
@@ -110,8 +157,8 @@ def build_flow(
 
     out = op.merge(
         "outputs",
-        op.map("decision-out", decisions, decision_out),
-        op.map("dead-letter-out", dead, dead_letter_out),
+        op.map("outcome-out", outcomes, outcome_out),
+        op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
     )
     op.output(
         "kafka-out",
@@ -124,3 +171,7 @@ def build_flow(
         ),
     )
     return flow
+
+
+def _tenant_of(item: BudgetInput) -> str:
+    return item.tenant_id if isinstance(item, CostRecord) else item.observation.event.tenant_id

@@ -7,21 +7,21 @@ clock is used for one thing: evicting idle conversations from memory.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from bytewax import operators as op
-from bytewax.operators import KeyedStream, StatefulLogic
-
+from operators.summarizer import digest
 from schemas.decisions import TokenCounts
 from schemas.events import ConversationEvent
 from schemas.governance import ConversationConfig
-from splitpin import metrics
 from splitpin.tokens import count_tokens
+
+MAX_DIGESTS = 64
+"""Digests of turns that left the window; the summary keeps the newest that fit its budget."""
 
 
 class Turn(NamedTuple):
@@ -36,6 +36,8 @@ class Turn(NamedTuple):
     text: str
     tokens: int
     sent_at: datetime
+    counts: dict[str, int]
+    """Tokens in every encoding a role uses, counted once so the guard never recounts."""
 
 
 @dataclass
@@ -52,8 +54,12 @@ class ConversationState:
     compacted_tokens: int = 0
     window: deque[Turn] = field(default_factory=deque)
     window_tokens: int = 0
+    digests: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_DIGESTS))
+    """One line per turn that left the window: the material of the compacted summary."""
     seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
     """event_id -> its token count: the token snapshot that makes a retried event a no-op."""
+    cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    """Normalized text -> the routing outcome reused for a repeat (see operators.routing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +78,12 @@ class TurnObservation:
 class ConversationTracker:
     """Folds events into ConversationState; pure apart from token counting."""
 
-    def __init__(self, config: ConversationConfig, encoding: str) -> None:
+    def __init__(
+        self, config: ConversationConfig, encoding: str, extra_encodings: Iterable[str] = ()
+    ) -> None:
         self._config = config
         self._encoding = encoding
+        self._encodings = tuple(dict.fromkeys([encoding, *extra_encodings]))
 
     def observe(
         self, state: ConversationState | None, event: ConversationEvent
@@ -87,8 +96,9 @@ class ConversationTracker:
         if state is None or new_session:
             state = self._new_session(event, previous=state)
         started = time.perf_counter()
-        tokens = count_tokens(event.text, self._encoding)
-        self._append(state, event, tokens)
+        counts = {name: count_tokens(event.text, name) for name in self._encodings}
+        tokens = counts[self._encoding]
+        self._append(state, event, tokens, counts)
         observation = TurnObservation(
             event=event,
             session_id=state.session_id,
@@ -125,13 +135,21 @@ class ConversationTracker:
             session_started_at=event.sent_at,
             last_sent_at=event.sent_at,
             seen=seen,
-        )
+        )  # the cache, like the window, belongs to the session and starts empty
 
-    def _append(self, state: ConversationState, event: ConversationEvent, tokens: int) -> None:
+    def _append(
+        self,
+        state: ConversationState,
+        event: ConversationEvent,
+        tokens: int,
+        counts: dict[str, int],
+    ) -> None:
         state.turn_count += 1
         state.session_tokens += tokens
         state.last_sent_at = max(state.last_sent_at, event.sent_at)
-        state.window.append(Turn(event.event_id, event.role, event.text, tokens, event.sent_at))
+        state.window.append(
+            Turn(event.event_id, event.role, event.text, tokens, event.sent_at, counts)
+        )
         state.window_tokens += tokens
         # Keep the newest turn even if it alone exceeds the window; compact older ones.
         while state.window_tokens > self._config.window_tokens and len(state.window) > 1:
@@ -139,55 +157,7 @@ class ConversationTracker:
             state.window_tokens -= dropped.tokens
             state.compacted_turns += 1
             state.compacted_tokens += dropped.tokens
+            state.digests.append(digest(dropped.role, dropped.text, self._encoding))
         state.seen[event.event_id] = tokens
         while len(state.seen) > self._config.dedupe_capacity:
             state.seen.popitem(last=False)
-
-
-# --- Bytewax wrapper -------------------------------------------------------------------
-
-
-class _ConversationLogic(StatefulLogic[ConversationEvent, TurnObservation, bytes]):
-    """Holds one conversation's state; drops it after a long wall-clock idle."""
-
-    def __init__(self, tracker: ConversationTracker, resume: bytes | None) -> None:
-        self._tracker = tracker
-        self._state: ConversationState | None = None
-        self._evict_at: datetime | None = None
-        if resume is not None:
-            self._state, self._evict_at = pickle.loads(resume)
-
-    def on_item(self, value: ConversationEvent) -> tuple[list[TurnObservation], bool]:
-        self._state, observation = self._tracker.observe(self._state, value)
-        idle = timedelta(seconds=self._tracker.idle_eviction_s(value.channel))
-        self._evict_at = datetime.now(UTC) + idle
-        if observation is None:
-            metrics.DUPLICATE_EVENTS.inc()
-            return [], StatefulLogic.RETAIN
-        metrics.count(metrics.EVENTS_INGESTED, value.channel)
-        if observation.new_session:
-            metrics.count(metrics.SESSIONS_STARTED, value.channel)
-        return [observation], StatefulLogic.RETAIN
-
-    def on_notify(self) -> tuple[list[TurnObservation], bool]:
-        metrics.CONVERSATIONS_EVICTED.inc()
-        return [], StatefulLogic.DISCARD
-
-    def notify_at(self) -> datetime | None:
-        return self._evict_at
-
-    def snapshot(self) -> bytes:
-        # Pickled bytes are immutable, which Bytewax requires of snapshots, and cheaper
-        # than a deepcopy of the window.
-        return pickle.dumps((self._state, self._evict_at), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def track_conversations(
-    step_id: str, events: KeyedStream[ConversationEvent], tracker: ConversationTracker
-) -> KeyedStream[TurnObservation]:
-    """Keyed by conversation_id upstream; emits one observation per new (non-duplicate) turn."""
-
-    def build(resume: bytes | None) -> _ConversationLogic:
-        return _ConversationLogic(tracker, resume)
-
-    return op.stateful(step_id, events, build)

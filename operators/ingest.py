@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.dead_letter import DeadLetter, DeadLetterReason
 from schemas.events import ConversationEvent
-from schemas.wire import SUPPORTED_SCHEMA_VERSIONS
+from schemas.wire import SUPPORTED_SCHEMA_VERSIONS, WireModel
+
+W = TypeVar("W", bound=WireModel)
 
 _MAX_DETAIL_ERRORS = 5
 
@@ -33,6 +36,11 @@ class RawRecord:
 
 
 def parse_event(raw: RawRecord, max_bytes: int) -> ConversationEvent | DeadLetter:
+    """Validate one conversation event; its key, when present, must be its conversation."""
+    return parse_record(raw, ConversationEvent, "conversation_id", max_bytes)
+
+
+def parse_record(raw: RawRecord, model: type[W], key_field: str, max_bytes: int) -> W | DeadLetter:
     """Validate one record; anything malformed becomes a DeadLetter with its reason."""
     value = raw.value or b""
     if len(value) > max_bytes:
@@ -56,13 +64,14 @@ def parse_event(raw: RawRecord, max_bytes: int) -> ConversationEvent | DeadLette
             raw, "unknown_schema_version", f"schema_version {version!r}, supported {supported}"
         )
     try:
-        event = ConversationEvent.model_validate(data)
+        record = model.model_validate(data)
     except ValidationError as exc:
         return dead_letter(raw, "schema_violation", _summarize(exc))
-    if raw.key is not None and raw.key != event.conversation_id.encode():
-        detail = f"key {raw.key[:80]!r} != conversation_id {event.conversation_id!r}"
+    expected_key = str(getattr(record, key_field))
+    if raw.key is not None and raw.key != expected_key.encode():
+        detail = f"key {raw.key[:80]!r} != {key_field} {expected_key!r}"
         return dead_letter(raw, "key_mismatch", detail)
-    return event
+    return record
 
 
 def dead_letter(raw: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:

@@ -1,55 +1,325 @@
-"""Routing rules (the incident's fix, before the classifier lands).
+"""Routing: a classified turn plus its conversation state becomes a RoutePlan.
 
-Only customer turns are routed: agent and system turns update the conversation's state
-but nobody expects a model to answer them.
+Policy (governance `routing`): compliance (a pinning tag, or a compliance intent the
+classifier is sure enough of) goes to the pinned role whatever the size; small talk in a
+short conversation to the trivial role; short bounded requests to `fast`; extended
+conversations to `long_context`. Then the context-window guard: the prompt the role would
+receive is counted in its tokenizer; a role whose window is too small is replaced by one
+that fits (unless pinned), else older turns are compacted into a summary, else the request
+is refused with ContextOverflow and no model is called.
+
+Only customer turns are routed: agent and system turns update the state but nobody
+expects a model to answer them.
 """
 
 from __future__ import annotations
 
-from operators.conversation_state import TurnObservation
-from schemas.decisions import ModelRole, RoutingDecision, Tier
+import pickle
+import re
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from bytewax import operators as op
+from bytewax.operators import KeyedStream, StatefulLogic
+
+from operators.classify import Classified
+from operators.context_guard import Overflow, PromptPlan, PromptTurn, plan_prompt
+from operators.conversation_state import ConversationState, ConversationTracker, TurnObservation
+from schemas.decisions import FeatureValue, ModelRole, Tier
+from schemas.events import ConversationEvent
 from schemas.governance import GovernanceConfig
+from splitpin import metrics
+from splitpin.router.classifier import Classification
+
+_NORMALIZE = re.compile(r"[^\w]+")
 
 
-def decide(observation: TurnObservation, governance: GovernanceConfig) -> RoutingDecision | None:
-    """The role that should answer this turn, with every reason that led there."""
-    event = observation.event
-    if event.role != "customer":
-        return None
-    routing = governance.routing
-    size = observation.tokens.conversation
+def normalize(text: str) -> str:
+    """Case, punctuation and spacing do not make a question new."""
+    return _NORMALIZE.sub(" ", text.casefold()).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """The policy's answer before the guard; what the short-circuit cache keeps."""
+
     tier: Tier
     role: ModelRole
-    if size < routing.fast_max_tokens:
-        tier, role = "bounded", "fast"
-        comparison = "<"
-    else:
-        tier, role = "extended", "long_context"
-        comparison = ">="
-    reasons = [
-        f"tokens.conversation={size} {comparison} fast_max_tokens={routing.fast_max_tokens}: "
-        f"{tier} -> {role}"
-    ]
-    pinned_by = next((tag for tag in event.tags if tag in routing.tag_pins), None)
-    if pinned_by is not None:
-        role = routing.tag_pins[pinned_by]
-        reasons.append(f"tag:{pinned_by} pins role {role} regardless of size")
-    if observation.new_session and observation.turn_index == 0:
-        reasons.append("new session")
-    model = governance.roles[role]
-    return RoutingDecision(
-        decision_id=event.event_id,
-        event_id=event.event_id,
-        conversation_id=event.conversation_id,
-        tenant_id=event.tenant_id,
-        channel=event.channel,
-        sent_at=event.sent_at,
-        session_id=observation.session_id,
-        turn_index=observation.turn_index,
-        tier=tier,
-        role=role,
-        model=model.model,
-        model_version=model.pinned_id,
-        reasons=tuple(reasons),
-        tokens=observation.tokens,
-    )
+    pinned: bool
+    reasons: tuple[str, ...]
+    intent: str | None
+    confidence: float | None
+    features: dict[str, FeatureValue]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """A routed turn: the choice, the prompt plan (None if refused) and what else would fit."""
+
+    observation: TurnObservation
+    choice: RouteChoice
+    plan: PromptPlan | None
+    overflow: Overflow | None = None
+    alternatives: tuple[PromptPlan, ...] = ()
+    """Other roles whose window fits, for the budget gate to downgrade to (never if pinned)."""
+    reasons: tuple[str, ...] = ()
+    cache_hit_of: str | None = None
+    earlier_summarised_turns: int = 0
+    """Turns that had already left the conversation window (summarised in every prompt)."""
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    event_id: str
+    sent_at: datetime
+    choice: RouteChoice
+
+
+@dataclass
+class Router:
+    """The pure routing stage; one per worker, built from the governance config."""
+
+    governance: GovernanceConfig
+    encodings: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        routing_encoding = self.governance.routing.token_encoding
+        role_encodings = (role.tokenizer for role in self.governance.roles.values())
+        self.encodings = tuple(dict.fromkeys([routing_encoding, *role_encodings]))
+
+    def tracker(self) -> ConversationTracker:
+        routing = self.governance.routing
+        return ConversationTracker(
+            self.governance.conversation, routing.token_encoding, self.encodings
+        )
+
+    def route(
+        self, state: ConversationState, observation: TurnObservation, classification: Classification
+    ) -> RoutePlan | None:
+        """Plan one turn; None for turns nobody answers (agent, system)."""
+        if observation.event.role != "customer":
+            return None
+        started = time.perf_counter()
+        key = normalize(observation.event.text)
+        cached = self._cache_lookup(state, key, observation.event.sent_at)
+        if cached is not None:
+            choice, hit_of = cached.choice, cached.event_id
+        else:
+            choice, hit_of = self.choose(observation, classification), None
+            self._cache_store(state, key, observation.event, choice)
+        plan = self.guard(state, choice)
+        return RoutePlan(
+            observation=observation,
+            choice=choice,
+            plan=plan.plan,
+            overflow=plan.overflow,
+            alternatives=plan.alternatives,
+            reasons=plan.reasons,
+            cache_hit_of=hit_of,
+            earlier_summarised_turns=state.compacted_turns,
+            elapsed_s=observation.elapsed_s + time.perf_counter() - started,
+        )
+
+    def choose(self, observation: TurnObservation, classification: Classification) -> RouteChoice:
+        """The routing policy, before any window is checked."""
+        routing = self.governance.routing
+        size = observation.tokens.conversation
+        tier: Tier
+        role: ModelRole
+        reasons: list[str] = []
+        if size >= routing.fast_max_tokens:
+            tier, role = "extended", "long_context"
+            reasons.append(
+                f"tokens.conversation={size} >= fast_max_tokens={routing.fast_max_tokens}: "
+                "extended -> long_context"
+            )
+        elif classification.trivial:
+            tier, role = "trivial", routing.trivial_role
+            why = (
+                f"rule {classification.rule}"
+                if classification.rule
+                else (f"{classification.domain_intent} p={classification.domain_confidence:.2f}")
+            )
+            reasons.append(f"trivial ({why}) -> {role}")
+        else:
+            tier, role = "bounded", "fast"
+            reasons.append(
+                f"tokens.conversation={size} < fast_max_tokens={routing.fast_max_tokens}: "
+                "bounded -> fast"
+            )
+        if classification.out_of_scope:
+            reasons.append(f"out of scope (score {classification.out_of_scope_score:.2f})")
+
+        pinned = False
+        event = observation.event
+        pinned_by = next((tag for tag in event.tags if tag in routing.tag_pins), None)
+        if pinned_by is not None:
+            role, pinned = routing.tag_pins[pinned_by], True
+            reasons.append(f"tag:{pinned_by} pins role {role} regardless of size")
+        elif classification.compliance:
+            role, pinned = routing.compliance_role, True
+            reasons.append(
+                f"compliance intent {classification.intent} "
+                f"(mass {classification.compliance_score:.2f} >= "
+                f"{routing.compliance_min_confidence}) pins role {role}"
+            )
+        return RouteChoice(
+            tier=tier,
+            role=role,
+            pinned=pinned,
+            reasons=tuple(reasons),
+            intent=classification.intent,
+            confidence=round(classification.intent_confidence, 4),
+            features=classification.features(),
+        )
+
+    def guard(self, state: ConversationState, choice: RouteChoice) -> _Guarded:
+        """Fit the chosen role's window, switching role or compacting as the policy allows."""
+        gov = self.governance
+        turns = [PromptTurn(t.role, t.text, t.counts) for t in state.window]
+        digests = list(state.digests)
+
+        def attempt(role: ModelRole, compact: bool) -> PromptPlan | Overflow | None:
+            return plan_prompt(
+                role, gov.roles[role], gov.context, turns, digests, allow_compaction=compact
+            )
+
+        others: tuple[ModelRole, ...] = ()
+        if not choice.pinned:
+            others = tuple(r for r in gov.context.fit_order if r != choice.role)
+        first = attempt(choice.role, compact=False)
+        reasons: list[str] = []
+        chosen: PromptPlan | None = first if isinstance(first, PromptPlan) else None
+        if chosen is None:
+            limit = gov.roles[choice.role].context_window
+            for other in others:
+                candidate = attempt(other, compact=False)
+                if isinstance(candidate, PromptPlan):
+                    reasons.append(
+                        f"{choice.role} window {limit} too small for the conversation; "
+                        f"{other} (window {candidate.limit}) fits {candidate.prompt_tokens} tokens"
+                    )
+                    chosen = candidate
+                    break
+        if chosen is None:
+            for role in (choice.role, *others):
+                candidate = attempt(role, compact=True)
+                if isinstance(candidate, PromptPlan):
+                    summarizer = gov.roles["summarizer"]
+                    reasons.append(
+                        f"compacted {candidate.compacted_turns} older turn(s) into a "
+                        f"{candidate.summary_tokens}-token summary (summarizer role "
+                        f"{summarizer.pinned_id}, extractive, local) to fit {role} window "
+                        f"{candidate.limit}"
+                    )
+                    chosen = candidate
+                    break
+        if chosen is None:
+            overflow = first if isinstance(first, Overflow) else attempt(choice.role, True)
+            assert isinstance(overflow, Overflow)  # every other outcome returned above
+            reasons.append(
+                f"ContextOverflow: tokens={overflow.needed_tokens} limit={overflow.limit} "
+                f"({choice.role}); not dispatched"
+            )
+            return _Guarded(None, overflow, (), tuple(reasons))
+        if state.compacted_turns:
+            reasons.append(
+                f"{state.compacted_turns} older turn(s) summarised outside the "
+                f"{gov.conversation.window_tokens}-token conversation window"
+            )
+        reasons.append(f"prompt {chosen.prompt_tokens} tokens fits {chosen.role} {chosen.limit}")
+        alternatives = tuple(
+            candidate
+            for role in others
+            if role != chosen.role
+            and isinstance(candidate := attempt(role, compact=True), PromptPlan)
+        )
+        return _Guarded(chosen, None, alternatives, tuple(reasons))
+
+    def _cache_lookup(
+        self, state: ConversationState, key: str, sent_at: datetime
+    ) -> _CacheEntry | None:
+        entry: _CacheEntry | None = state.cache.get(key)
+        ttl = timedelta(seconds=self.governance.cache.ttl_s)
+        if entry is None or sent_at - entry.sent_at > ttl:
+            return None
+        return entry
+
+    def _cache_store(
+        self, state: ConversationState, key: str, event: ConversationEvent, choice: RouteChoice
+    ) -> None:
+        capacity = self.governance.cache.max_entries
+        if capacity == 0:
+            return
+        state.cache[key] = _CacheEntry(event.event_id, event.sent_at, choice)
+        state.cache.move_to_end(key)
+        while len(state.cache) > capacity:
+            state.cache.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Guarded:
+    plan: PromptPlan | None
+    overflow: Overflow | None
+    alternatives: tuple[PromptPlan, ...]
+    reasons: tuple[str, ...]
+
+
+# --- Bytewax wrapper -------------------------------------------------------------------
+
+
+class _ConversationLogic(StatefulLogic[Classified, RoutePlan, bytes]):
+    """One conversation: its state, its cache; routes each new customer turn."""
+
+    def __init__(self, router: Router, tracker: ConversationTracker, resume: bytes | None) -> None:
+        self._router = router
+        self._tracker = tracker
+        self._state: ConversationState | None = None
+        self._evict_at: datetime | None = None
+        if resume is not None:
+            self._state, self._evict_at = pickle.loads(resume)
+
+    def on_item(self, value: Classified) -> tuple[list[RoutePlan], bool]:
+        event, classification, classify_s = value
+        self._state, observation = self._tracker.observe(self._state, event)
+        idle = timedelta(seconds=self._tracker.idle_eviction_s(event.channel))
+        self._evict_at = datetime.now(UTC) + idle
+        if observation is None:
+            metrics.DUPLICATE_EVENTS.inc()
+            return [], StatefulLogic.RETAIN
+        metrics.count(metrics.EVENTS_INGESTED, event.channel)
+        if observation.new_session:
+            metrics.count(metrics.SESSIONS_STARTED, event.channel)
+        plan = self._router.route(self._state, observation, classification)
+        if plan is None:
+            return [], StatefulLogic.RETAIN
+        plan = replace(plan, elapsed_s=plan.elapsed_s + classify_s)
+        if plan.cache_hit_of is not None:
+            metrics.CACHE_HITS.inc()
+        return [plan], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[RoutePlan], bool]:
+        metrics.CONVERSATIONS_EVICTED.inc()
+        return [], StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return self._evict_at
+
+    def snapshot(self) -> bytes:
+        # Pickled bytes are immutable, as Bytewax requires of snapshots, and cheaper
+        # than a deepcopy of the window.
+        return pickle.dumps((self._state, self._evict_at), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def route_conversations(
+    step_id: str, classified: KeyedStream[Classified], router: Router
+) -> KeyedStream[RoutePlan]:
+    """Keyed by conversation_id upstream; one RoutePlan per new customer turn."""
+    tracker = router.tracker()
+
+    def build(resume: bytes | None) -> _ConversationLogic:
+        return _ConversationLogic(router, tracker, resume)
+
+    return op.stateful(step_id, classified, build)

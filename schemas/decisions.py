@@ -25,8 +25,16 @@ class TokenCounts(BaseModel):
     compacted: int = Field(ge=0, description="Older turns of the session outside the window.")
 
 
+FeatureValue = float | int | str | bool
+
+
 class RoutingDecision(WireModel):
-    """Deterministic in its inputs: a replay after a crash produces identical bytes."""
+    """Which role answers an event, with every feature and reason that led there.
+
+    Deterministic in its inputs (events, and usage reports for the budget): a replay after
+    a crash produces identical bytes. Carrying the features lets thresholds be recalibrated
+    by replaying this topic.
+    """
 
     decision_id: str = Field(description="Equal to event_id: one decision per event.")
     event_id: str
@@ -36,11 +44,28 @@ class RoutingDecision(WireModel):
     sent_at: AwareDatetime
     session_id: str = Field(description="conversation_id plus the session's first event_id.")
     turn_index: int = Field(ge=0, description="0-based position of this turn in its session.")
+    action: Literal["dispatch", "refuse"] = Field(
+        description="refuse: no model is called (context overflow, budget spent)."
+    )
     tier: Tier
     intent: str | None = None
     confidence: float | None = Field(default=None, ge=0, le=1)
     role: ModelRole
     model: str
     model_version: str
+    pinned: bool = Field(default=False, description="A tag or compliance intent fixed the role.")
     reasons: tuple[str, ...]
     tokens: TokenCounts
+    prompt_tokens: int | None = Field(
+        default=None, ge=0, description="The prompt the role would receive, in its tokenizer."
+    )
+    compacted_turns: int = Field(
+        default=0, ge=0, description="Older turns the prompt carries only as the summary."
+    )
+    cache_hit_of: str | None = Field(
+        default=None, description="event_id whose decision was reused (short-circuit cache)."
+    )
+    estimated_cost_usd: float = Field(
+        default=0.0, ge=0, description="The budget reservation: prompt + expected output."
+    )
+    features: dict[str, FeatureValue] = Field(default_factory=dict)

@@ -144,7 +144,12 @@ class CacheConfig(_Frozen):
 
 
 class ConversationConfig(_Frozen):
-    window_tokens: int = Field(default=4096, gt=0, description="Recent turns kept verbatim.")
+    window_tokens: int = Field(
+        default=65_536,
+        gt=0,
+        description="Recent turns kept verbatim (routing encoding); older ones are summarised. "
+        "The largest prompt any role gets; the guard compacts further for smaller windows.",
+    )
     session_gap_s: dict[Literal["chat", "email"], float] = Field(
         default_factory=_default_session_gaps,
         description="A turn after this much silence starts a new session.",
@@ -182,14 +187,16 @@ class GovernanceConfig(_Frozen):
         needed |= set(self.routing.tag_pins.values())
         needed |= {self.routing.trivial_role, self.routing.compliance_role}
         needed |= set(self.context.fit_order)
-        missing = needed - set(self.roles)
+        missing = sorted(needed - set(self.roles))
         if missing:
-            msg = f"roles missing: {sorted(missing)}"
+            fields = ", ".join(f"roles.{name}" for name in missing)
+            msg = f"{fields}: missing (routing, pins or fit_order refer to them)"
             raise ValueError(msg)
         if self.require_version_pins:
             unpinned = sorted(name for name, role in self.roles.items() if not role.version)
             if unpinned:
-                msg = f"version pin required (require_version_pins) for roles {unpinned}"
+                fields = ", ".join(f"roles.{name}.version" for name in unpinned)
+                msg = f"{fields}: exact version pin required (require_version_pins is true)"
                 raise ValueError(msg)
         return self
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from splitpin.errors import SplitpinError
+from splitpin.router.cli import router_app
 from splitpin.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -19,9 +20,12 @@ app = typer.Typer(
 broker_app = typer.Typer(help="Run a local Apache Kafka broker (KRaft) from Maven Central jars.")
 topics_app = typer.Typer(help="Manage splitpin's Kafka topics.")
 schemas_app = typer.Typer(help="JSON Schema files for every topic's records.")
+config_app = typer.Typer(help="Check the governance config (config/governance.yaml).")
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(config_app, name="config")
+app.add_typer(router_app, name="router")
 
 
 def _settings() -> Settings:
@@ -128,6 +132,21 @@ def demo() -> None:
     from splitpin.demo import run_demo
 
     run_demo(_settings(), echo=typer.echo)
+
+
+@config_app.command("validate")
+def config_validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="Governance file (default: settings' governance_path).")
+    ] = None,
+) -> None:
+    """Validate a governance file; exit 2 naming the field on any error."""
+    from schemas.governance import load_governance
+
+    target = path or _settings().governance_path
+    config = load_governance(target)
+    pinned = ", ".join(f"{name}={role.pinned_id}" for name, role in sorted(config.roles.items()))
+    typer.echo(f"{target}: valid ({pinned})")
 
 
 @schemas_app.command("export")

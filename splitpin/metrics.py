@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # Buckets resolve the 15 ms decision budget finely and still show slow outliers.
 DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
@@ -36,6 +36,25 @@ DECISION_SECONDS = Histogram(
     "splitpin_decision_seconds",
     "Router overhead per event: state update + routing, excluding any model call.",
     buckets=DECISION_BUCKETS,
+)
+CACHE_HITS = Counter(
+    "splitpin_cache_hits_total", "Repeated questions whose earlier decision was reused."
+)
+OVERFLOWS_PREVENTED = Counter(
+    "splitpin_context_overflows_prevented_total",
+    "Requests refused before dispatch because no role's window could hold them.",
+)
+VALIDATION_FAILURES = Counter(
+    "splitpin_validation_failures_total", "Records written to the failures topic.", ["error"]
+)
+BUDGET_VERDICTS = Counter("splitpin_budget_verdicts_total", "Budget gate outcomes.", ["action"])
+BUDGET_REMAINING = Gauge(
+    "splitpin_budget_remaining_usd",
+    "Budget left in the tenant's current window (tenants are few; never a user id).",
+    ["tenant"],
+)
+BUDGET_RECONCILED = Counter(
+    "splitpin_budget_reconciled_total", "Usage reports applied to tenant budgets."
 )
 SINK_RECORDS = Counter(
     "splitpin_sink_records_total", "Records acknowledged by Kafka, by topic.", ["topic"]

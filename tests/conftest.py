@@ -20,6 +20,7 @@ import pytest
 
 from splitpin.kafka.admin import create_topics, delete_topics, wait_for_broker
 from splitpin.kafka.broker import LocalBroker
+from splitpin.router.classifier import Classifier
 from splitpin.settings import BrokerSettings, Settings, load_settings
 from tests.kafka_helpers import KafkaBackend, TopicSettingsFactory, free_ports
 
@@ -146,3 +147,10 @@ def topic_settings(kafka_bootstrap: str) -> Iterator[TopicSettingsFactory]:
     yield make
     for settings in made:
         delete_topics(kafka_bootstrap, settings.all_topics().values())
+
+
+@pytest.fixture(scope="session")
+def classifier() -> Classifier:
+    """The real shipped classifier (MiniLM ONNX + trained heads), loaded once per session."""
+    governance = load_settings().governance
+    return Classifier.load(governance.classifier, governance.routing)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
-from flows.routing_flow import build_flow
+from flows.routing_flow import FlowInputs, build_flow
 from flows.sink import OutRecord
+from splitpin.router.classifier import Classifier
 from splitpin.settings import load_settings
 from tests.factories import event_dict, raw
 
@@ -15,7 +16,7 @@ def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_counters_follow_outputs() -> None:
+def test_counters_follow_outputs(classifier: Classifier) -> None:
     before = {
         "fast": _value("splitpin_routing_decisions_total", role="fast", tier="bounded"),
         "compliance": _value("splitpin_routing_decisions_total", role="compliance", tier="bounded"),
@@ -31,7 +32,8 @@ def test_counters_follow_outputs() -> None:
     ]
     out: list[OutRecord] = []
     settings = load_settings(topic_prefix="metrics.")
-    run_main(build_flow(settings, source=TestingSource(records), sink=TestingSink(out)))
+    inputs = FlowInputs(TestingSource(records))
+    run_main(build_flow(settings, inputs=inputs, sink=TestingSink(out), classifier=classifier))
 
     assert len(out) == 3
     fast = _value("splitpin_routing_decisions_total", role="fast", tier="bounded")

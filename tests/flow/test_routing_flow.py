@@ -6,10 +6,11 @@ import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.routing_flow import build_flow
+from flows.routing_flow import FlowInputs, build_flow
 from flows.sink import OutRecord
 from operators.ingest import RawRecord
 from schemas import DeadLetter, RoutingDecision, decode
+from splitpin.router.classifier import Classifier
 from splitpin.settings import Settings, load_settings
 from tests.factories import event_dict, raw
 
@@ -19,9 +20,10 @@ def settings() -> Settings:
     return load_settings(topic_prefix="test.", max_event_bytes=8192)
 
 
-def _run(settings: Settings, records: list[RawRecord]) -> list[OutRecord]:
+def _run(settings: Settings, records: list[RawRecord], classifier: Classifier) -> list[OutRecord]:
     out: list[OutRecord] = []
-    run_main(build_flow(settings, source=TestingSource(records), sink=TestingSink(out)))
+    inputs = FlowInputs(TestingSource(records))
+    run_main(build_flow(settings, inputs=inputs, sink=TestingSink(out), classifier=classifier))
     return out
 
 
@@ -29,7 +31,9 @@ def _by_topic(out: list[OutRecord], topic: str) -> list[OutRecord]:
     return [record for record in out if record.topic == topic]
 
 
-def test_events_become_decisions_and_garbage_dead_letters(settings: Settings) -> None:
+def test_events_become_decisions_and_garbage_dead_letters(
+    settings: Settings, classifier: Classifier
+) -> None:
     records = [
         raw(event_dict("a-0", "a", text="hi, my card is missing"), offset=0),
         raw(b"{broken", offset=1),
@@ -38,7 +42,7 @@ def test_events_become_decisions_and_garbage_dead_letters(settings: Settings) ->
         raw(event_dict("a-1", "a", text="any news?", at_s=60), offset=4),  # retried
         raw(event_dict("a-2", "a", text="thanks", role="agent", at_s=90), offset=5),
     ]
-    out = _run(settings, records)
+    out = _run(settings, records, classifier)
     decisions = [decode(RoutingDecision, r.value) for r in _by_topic(out, "test.routing.decisions")]
     letters = [
         decode(DeadLetter, r.value) for r in _by_topic(out, "test.conversations.dead-letter")
@@ -56,13 +60,16 @@ def test_events_become_decisions_and_garbage_dead_letters(settings: Settings) ->
     assert [(x.reason, x.source_offset) for x in letters] == [("not_json", 1)]
 
 
-def test_conversation_order_is_kept_under_many_workers(settings: Settings) -> None:
+def test_conversation_order_is_kept_under_many_workers(
+    settings: Settings, classifier: Classifier
+) -> None:
     records = [
         raw(event_dict(f"{c}-{i}", c, text=f"message {i}", at_s=i), offset=n)
         for n, (c, i) in enumerate((c, i) for i in range(20) for c in ("x", "y", "z"))
     ]
     out: list[OutRecord] = []
-    flow = build_flow(settings, source=TestingSource(records), sink=TestingSink(out))
+    inputs = FlowInputs(TestingSource(records))
+    flow = build_flow(settings, inputs=inputs, sink=TestingSink(out), classifier=classifier)
     from bytewax.testing import cluster_main
 
     cluster_main(flow, [], 0, worker_count_per_proc=3)
@@ -73,11 +80,13 @@ def test_conversation_order_is_kept_under_many_workers(settings: Settings) -> No
         assert turns == list(range(20))
 
 
-def test_decisions_are_byte_identical_when_replayed(settings: Settings) -> None:
+def test_decisions_are_byte_identical_when_replayed(
+    settings: Settings, classifier: Classifier
+) -> None:
     records = [
         raw(event_dict(f"r-{i}", "r", text="hello " * i, at_s=i), offset=i) for i in range(1, 8)
     ]
-    first = _run(settings, records)
-    second = _run(settings, records)
+    first = _run(settings, records, classifier)
+    second = _run(settings, records, classifier)
     assert [r.value for r in first] == [r.value for r in second]
     assert all(orjson.loads(r.value)["schema_version"] == 1 for r in first)

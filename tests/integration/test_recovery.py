@@ -84,7 +84,11 @@ def test_sigkill_mid_stream_loses_nothing(topic_settings, tmp_path: Path) -> Non
     missing = expected_ids - set(by_event)
     assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
     for event_id, copies in by_event.items():
-        assert all(copy == copies[0] for copy in copies), f"{event_id} re-emitted differently"
+        first = orjson.loads(copies[0])
+        for copy in copies[1:]:
+            other = orjson.loads(copy)
+            diff = {k: (first[k], other[k]) for k in first if first[k] != other.get(k)}
+            assert copy == copies[0], f"{event_id} re-emitted differently: {diff}"
     # Per-conversation order survives the crash: turn indexes are contiguous from 0.
     turns: dict[str, set[int]] = defaultdict(set)
     for copies in by_event.values():

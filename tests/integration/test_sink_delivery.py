@@ -9,7 +9,7 @@ import pytest
 from bytewax.testing import TestingSource, run_main
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.routing_flow import build_flow
+from flows.routing_flow import FlowInputs, build_flow
 from flows.sink import CheckedKafkaSink, OutRecord
 from splitpin.errors import DeliveryError
 from splitpin.kafka.producer import CheckedProducer
@@ -73,12 +73,12 @@ def test_unreachable_broker_raises_within_the_bounded_flush() -> None:
         producer.flush(10.0)
 
 
-def test_flow_stops_when_a_decision_cannot_be_delivered(topic_settings) -> None:  # type: ignore[no-untyped-def]
+def test_flow_stops_when_a_decision_cannot_be_delivered(topic_settings, classifier) -> None:  # type: ignore[no-untyped-def]
     settings: Settings = topic_settings()
     _shrink_topic(settings.bootstrap_servers, settings.topic("decisions"), 256)
     source = TestingSource([raw(event_dict("e-1", "c-1"))])
     with pytest.raises(Exception) as excinfo:  # Bytewax wraps the worker's exception
-        run_main(build_flow(settings, source=source))
+        run_main(build_flow(settings, inputs=FlowInputs(source), classifier=classifier))
     chain = []
     error: BaseException | None = excinfo.value
     while error is not None:

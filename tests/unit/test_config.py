@@ -34,8 +34,8 @@ def test_shipped_config_is_valid() -> None:
     ("mutate", "field"),
     [
         (lambda d: d["roles"]["fast"].update(context_window=-1), "roles.fast.context_window"),
-        (lambda d: d["roles"]["fast"].pop("version"), "version pin required"),
-        (lambda d: d["roles"].pop("compliance"), "roles missing"),
+        (lambda d: d["roles"]["fast"].pop("version"), "roles.fast.version"),
+        (lambda d: d["roles"].pop("compliance"), "roles.compliance: missing"),
         (lambda d: d["routing"].update(fast_max_tokens="many"), "routing.fast_max_tokens"),
         (lambda d: d["roles"]["fast"].update(tokenizer="gpt2"), "roles.fast.tokenizer"),
         (lambda d: d["conversation"].update(session_gap_s={"chat": 60}), "email"),

@@ -9,8 +9,9 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY, generate_latest
 
-from flows.routing_flow import build_flow
+from flows.routing_flow import FlowInputs, build_flow
 from flows.sink import OutRecord
+from splitpin.router.classifier import Classifier
 from splitpin.settings import load_settings
 from tests.factories import event_dict, raw
 
@@ -18,10 +19,15 @@ FORBIDDEN_LABELS = {"conversation_id", "event_id", "tenant_id", "user_id", "sess
 
 
 @pytest.fixture(scope="module")
-def exposition() -> bytes:
+def exposition(classifier: Classifier) -> bytes:
     out: list[OutRecord] = []
     records = [raw(event_dict("x-0", "x")), raw(b"not json", offset=1)]
-    flow = build_flow(load_settings(), source=TestingSource(records), sink=TestingSink(out))
+    flow = build_flow(
+        load_settings(),
+        inputs=FlowInputs(TestingSource(records)),
+        sink=TestingSink(out),
+        classifier=classifier,
+    )
     run_main(flow)
     return generate_latest(REGISTRY)
 

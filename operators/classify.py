@@ -1,0 +1,66 @@
+"""Classify: attach the in-process transformer's Classification to each event.
+
+Runs before the events are keyed, so one ONNX call serves a micro-batch of messages from
+many conversations. A worker-local memo keyed by the exact text makes repeated messages
+free; classification is a pure function of the text, so the memo changes no result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from bytewax import operators as op
+from bytewax.dataflow import Stream
+
+from schemas.events import ConversationEvent
+from splitpin.router.classifier import Classification, Classifier
+
+
+class MemoizedClassifier:
+    """Classifies a batch, skipping texts seen recently on this worker."""
+
+    def __init__(self, classifier: Classifier, memo_size: int, batch_size: int) -> None:
+        self._classifier = classifier
+        self._memo: OrderedDict[str, Classification] = OrderedDict()
+        self._memo_size = memo_size
+        self._batch_size = batch_size
+        self.memo_hits = 0
+
+    def classify(self, texts: list[str]) -> list[Classification]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        fresh: dict[str, Classification] = {}
+        for start in range(0, len(missing), self._batch_size):
+            chunk = missing[start : start + self._batch_size]
+            fresh.update(zip(chunk, self._classifier.classify_batch(chunk), strict=True))
+        results = [fresh[t] if t in fresh else self._memo[t] for t in texts]
+        self.memo_hits += len(texts) - len(fresh)
+        for text, result in fresh.items():
+            self._remember(text, result)
+        return results
+
+    def _remember(self, text: str, result: Classification) -> None:
+        if self._memo_size == 0:
+            return
+        self._memo[text] = result
+        self._memo.move_to_end(text)
+        while len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+
+
+Classified = tuple[ConversationEvent, Classification, float]
+"""An event, its classification, and its share of the batch's classification time (s)."""
+
+
+def classify_events(
+    step_id: str, events: Stream[ConversationEvent], classifier: MemoizedClassifier
+) -> Stream[Classified]:
+    """Pairs each event with its classification, one ONNX call per micro-batch."""
+
+    def classify_batch(batch: list[ConversationEvent]) -> list[Classified]:
+        started = time.perf_counter()
+        results = classifier.classify([event.text for event in batch])
+        share = (time.perf_counter() - started) / len(batch)
+        return [(event, result, share) for event, result in zip(batch, results, strict=True)]
+
+    return op.flat_map_batch(step_id, events, classify_batch)

@@ -1,0 +1,105 @@
+"""The context-window guard: count the prompt a role would receive before anything is sent.
+
+A prompt is: the reserved system/sources tokens, the summary of turns that no longer fit,
+the most recent turns verbatim (the new message last), and room for the role's maximum
+output. A plan exists only if that total fits the role's context window, so a request over
+a model's window is never dispatched, and therefore never retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from operators.summarizer import digest, summarize
+from schemas.decisions import ModelRole
+from schemas.governance import ContextConfig, RoleConfig
+
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Chat formats wrap each message in role markers; 4 tokens covers OpenAI's and Anthropic's."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTurn:
+    """A turn as the guard sees it: its text and its size in each encoding in use."""
+
+    role: str
+    text: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPlan:
+    role: ModelRole
+    prompt_tokens: int
+    limit: int = 0
+    """The role's context window, for the reasons and the overflow detail."""
+    included_turns: int = 0
+    compacted_turns: int = 0
+    summary_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """Even the new message alone does not fit this role."""
+
+    role: ModelRole
+    needed_tokens: int
+    limit: int
+
+
+def plan_prompt(
+    role_name: ModelRole,
+    role: RoleConfig,
+    context: ContextConfig,
+    turns: Sequence[PromptTurn],
+    earlier_digests: Sequence[str],
+    *,
+    allow_compaction: bool,
+) -> PromptPlan | Overflow | None:
+    """The largest faithful prompt for `role`; None if it only fits with compaction
+    and compaction is not allowed; Overflow if the newest turn alone cannot fit."""
+    enc = role.tokenizer
+    budget = role.context_window - role.max_output_tokens - context.system_prompt_tokens
+    sizes = [turn.counts[enc] + MESSAGE_OVERHEAD_TOKENS for turn in turns]
+    fixed = context.system_prompt_tokens + role.max_output_tokens
+    newest = sizes[-1] if sizes else 0
+    if newest > budget:
+        return Overflow(role_name, needed_tokens=newest + fixed, limit=role.context_window)
+
+    summary_tokens = _summary_tokens(earlier_digests, context.summary_max_tokens, enc)
+    if summary_tokens + sum(sizes) <= budget:
+        return PromptPlan(
+            role_name,
+            prompt_tokens=context.system_prompt_tokens + summary_tokens + sum(sizes),
+            limit=role.context_window,
+            included_turns=len(turns),
+        )
+    if not allow_compaction:
+        return None
+
+    # Keep the newest turns that fit beside a summary; summarise the rest.
+    room = budget - min(context.summary_max_tokens, budget - newest)
+    included, used = 0, 0
+    for size in reversed(sizes):
+        if used + size > room and included > 0:
+            break
+        used += size
+        included += 1
+    dropped = turns[: len(turns) - included]
+    digests = [*earlier_digests, *(digest(t.role, t.text, enc) for t in dropped)]
+    summary_tokens = _summary_tokens(digests, min(context.summary_max_tokens, budget - used), enc)
+    return PromptPlan(
+        role_name,
+        prompt_tokens=context.system_prompt_tokens + summary_tokens + used,
+        limit=role.context_window,
+        included_turns=included,
+        compacted_turns=len(dropped),
+        summary_tokens=summary_tokens,
+    )
+
+
+def _summary_tokens(digests: Sequence[str], max_tokens: int, encoding_name: str) -> int:
+    if not digests or max_tokens <= 0:
+        return 0
+    return summarize(digests, max_tokens, encoding_name)[1]
