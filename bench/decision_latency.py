@@ -27,12 +27,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from operators.routing import RoutePlan, Router
+from schemas.events import ConversationEvent
+from schemas.governance import GovernanceConfig
 from splitpin.router.classifier import Classification, Classifier
 from splitpin.router.train import DEFAULT_DATA_DIR, HOLDOUT_FRACTION, SEED, stratified_split
 from splitpin.settings import REPO_ROOT, load_settings
@@ -42,31 +46,45 @@ SAMPLE_EVENTS = REPO_ROOT / "data" / "sample" / "events.jsonl"
 MIN_MESSAGES = 2000
 WARMUP_MESSAGES = 50
 BATCH_SIZES = (1, 8, 32)
+BENCH_T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     classification: Classification
-    text_tokens: int
+    route: RoutePlan | None
 
 
 class Decider:
     """The per-message decision the bench times; extend `decide` with the routing policy."""
 
-    def __init__(self, classifier: Classifier, encoding: str) -> None:
+    def __init__(self, classifier: Classifier, governance: GovernanceConfig) -> None:
         self.classifier = classifier
-        self.encoding = encoding
+        self.router = Router(governance)
+        self.tracker = self.router.tracker()
 
     def decide(self, text: str) -> Decision:
-        classification = self.classifier.classify(text)
-        return Decision(classification, count_tokens(text, self.encoding))
+        return self._route(text, self.classifier.classify(text))
 
     def decide_batch(self, texts: list[str]) -> list[Decision]:
         classifications = self.classifier.classify_batch(texts)
-        return [
-            Decision(c, count_tokens(t, self.encoding))
-            for t, c in zip(texts, classifications, strict=True)
-        ]
+        return [self._route(t, c) for t, c in zip(texts, classifications, strict=True)]
+
+    def _route(self, text: str, classification: Classification) -> Decision:
+        """What the flow's conversation step does: state update (token counts in every
+        role's encoding), cache, policy and context-window guard, for a new conversation."""
+        event = ConversationEvent(
+            event_id="bench-0",
+            conversation_id="bench",
+            tenant_id="bench",
+            channel="chat",
+            role="customer",
+            text=text,
+            sent_at=BENCH_T0,
+        )
+        state, observation = self.tracker.observe(None, event)
+        assert observation is not None
+        return Decision(classification, self.router.route(state, observation, classification))
 
 
 def load_messages(data_dir: Path) -> tuple[list[str], str]:
@@ -187,11 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}")
     print("versions:", ", ".join(f"{k} {v}" for k, v in versions().items()))
     print(f"messages: {len(texts)} from {source}; warm-up {WARMUP_MESSAGES}; memo: none")
-    print(f"decision = rules + tokenize + MiniLM + heads + {encoding} token count")
+    print(
+        "decision = rules + tokenize + MiniLM + heads + token counts "
+        f"({', '.join(Router(governance).encodings)}) + cache + policy + context guard"
+    )
     results: dict[str, Any] = {}
     for threads in thread_counts:
         config = governance.classifier.model_copy(update={"intra_op_threads": threads})
-        decider = Decider(Classifier.load(config, governance.routing), encoding)
+        decider = Decider(Classifier.load(config, governance.routing), governance)
         figures = measure(decider, texts)
         results[str(threads)] = figures
         lat = figures["latency_ms"]
