@@ -67,7 +67,7 @@ def summary_table(decisions: list[RoutingDecision], letters: list[DeadLetter]) -
     for decision in decisions:
         by_role[decision.role].append(decision)
     header = f"{'route':<14}{'model':<28}{'events':>7}{'chat':>6}{'email':>6}"
-    header += f"{'tokens p50':>12}{'tokens max':>12}"
+    header += f"{'trivial':>8}{'pinned':>7}{'cached':>7}{'refused':>8}{'tokens p50':>11}{'max':>7}"
     lines = ["", "routing decisions", header, "-" * len(header)]
     for role in sorted(by_role):
         group = by_role[role]
@@ -75,7 +75,10 @@ def summary_table(decisions: list[RoutingDecision], letters: list[DeadLetter]) -
         channels = Counter(d.channel for d in group)
         lines.append(
             f"{role:<14}{group[0].model_version:<28}{len(group):>7}{channels['chat']:>6}"
-            f"{channels['email']:>6}{statistics.median(sizes):>12.0f}{max(sizes):>12}"
+            f"{channels['email']:>6}{sum(d.tier == 'trivial' for d in group):>8}"
+            f"{sum(d.pinned for d in group):>7}{sum(d.cache_hit_of is not None for d in group):>7}"
+            f"{sum(d.action == 'refuse' for d in group):>8}"
+            f"{statistics.median(sizes):>11.0f}{max(sizes):>7}"
         )
     lines.append(f"{'total':<42}{len(decisions):>7}")
     reasons = Counter(letter.reason for letter in letters)
