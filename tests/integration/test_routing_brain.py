@@ -96,14 +96,19 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
             lambda records: len(records) >= len(events),
             120,
         )
-        # Actual usage for a thrifty request arrives on routing.metrics and is reconciled.
+        # Actual usage for the thrifty request that was dispatched (which one depends on
+        # partition order) arrives on routing.metrics and replaces its reservation.
+        first_pass = [decode(RoutingDecision, m.value()) for m in got]
+        dispatched = next(
+            d for d in first_pass if d.tenant_id == "thrifty" and d.action == "dispatch"
+        )
         record = CostRecord(
-            record_id="thr-0:0",
-            event_id="thr-0",
+            record_id=f"{dispatched.event_id}:0",
+            event_id=dispatched.event_id,
             tenant_id="thrifty",
-            role="fast",
-            model="claude-3-5-haiku",
-            model_version="claude-3-5-haiku-20241022",
+            role=dispatched.role,
+            model=dispatched.model,
+            model_version=dispatched.model_version,
             tokens_in=1,
             tokens_out=1,
             cost_usd=0.0,
