@@ -29,7 +29,7 @@ from schemas.decisions import RoutingDecision
 from schemas.events import ConversationEvent
 from schemas.metrics import CostRecord
 from schemas.wire import encode
-from splitpin import metrics
+from splitpin import metrics, tokens
 from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.router.classifier import Classifier
 from splitpin.settings import Settings
@@ -95,6 +95,11 @@ def build_flow(
     router = Router(governance)
     gate = BudgetGate(governance)
     loaded = classifier or Classifier.load(governance.classifier, governance.routing)
+    # onnxruntime initialises lazily on the first run; pay that at start-up, not on the
+    # first customer's message (the memo is bypassed, so no result is cached).
+    loaded.classify_batch(["warm-up: where is my card?", "hi"])
+    for name in router.encodings:  # BPE tables load on first use, also ~0.3 s each
+        tokens.encoding(name)
     memoized = MemoizedClassifier(
         loaded, governance.classifier.memo_size, governance.classifier.batch_size
     )
