@@ -144,13 +144,19 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = ADMIN
                 continue
             msg = f"cannot delete topic {name}: {_reason(exc)}"
             raise BrokerError(msg) from exc
+    _wait_until(
+        lambda: set(wanted) & set(_partition_counts(client, bootstrap)),
+        timeout_s,
+        f"topics still listed {timeout_s:.0f}s after deletion",
+    )
+
+
+def _wait_until(pending: Callable[[], set[str]], timeout_s: float, failure: str) -> None:
+    """Poll `pending()` until it is empty; past the deadline raise BrokerError naming it."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        left = set(wanted) & set(_partition_counts(client, bootstrap))
-        if not left:
-            return
+    while left := pending():
         if time.monotonic() >= deadline:
-            msg = f"topics still listed {timeout_s:.0f}s after deletion: {sorted(left)}"
+            msg = f"{failure}: {sorted(left)}"
             raise BrokerError(msg)
         time.sleep(_POLL_S)
 
@@ -174,17 +180,14 @@ def _await_leaders(
     client: AdminClient, bootstrap: str, names: set[str], timeout_s: float = ADMIN_TIMEOUT_S
 ) -> None:
     """Wait until every partition of `names` has a leader (creation is asynchronous)."""
-    deadline = time.monotonic() + timeout_s
-    pending = set(names)
-    while pending:
+
+    def leaderless() -> set[str]:
         topics = _list_topics(client, bootstrap, min(5.0, timeout_s))
-        pending = {name for name in pending if not _has_leaders(topics.get(name))}
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            msg = f"topics created but without a leader after {timeout_s:.0f}s: {sorted(pending)}"
-            raise BrokerError(msg)
-        time.sleep(_POLL_S)
+        return {name for name in names if not _has_leaders(topics.get(name))}
+
+    _wait_until(
+        leaderless, timeout_s, f"topics created but without a leader after {timeout_s:.0f}s"
+    )
 
 
 def _has_leaders(topic: Any) -> bool:
