@@ -343,19 +343,7 @@ def relay(
 
 def flow_env(settings: Settings) -> dict[str, str]:
     """SPLITPIN_* variables that make `python -m splitpin run` load exactly `settings`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("SPLITPIN_") and name not in BOOTSTRAP_ENV
-    }
-    for name, value in settings.model_dump(exclude={"broker"}).items():
-        if isinstance(value, dict):
-            for sub, subvalue in value.items():
-                env[f"SPLITPIN_{name.upper()}__{sub.upper()}"] = str(subvalue)
-        else:
-            env[f"SPLITPIN_{name.upper()}"] = str(value)
-    env["SPLITPIN_METRICS_PORT"] = "0"
-    return env
+    return settings.model_copy(update={"metrics_port": 0}).child_env()
 
 
 def start_flow(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:

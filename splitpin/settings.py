@@ -9,6 +9,7 @@ same variable drives the tests, the CLI and docker-compose.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -127,6 +128,27 @@ class Settings(BaseSettings):
     def all_topics(self) -> dict[str, str]:
         """Logical name -> physical topic for every topic the flow uses."""
         return {name: self.topic(name) for name in TopicNames.model_fields}
+
+    def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment in which a child `splitpin` process loads exactly these settings.
+
+        Inherited SPLITPIN_* and KAFKA_BOOTSTRAP_SERVERS values are dropped so none of
+        them can override what is set here. The broker section is left out: it concerns
+        `splitpin broker`, not the processes that talk to a broker.
+        """
+        inherited = os.environ if base is None else base
+        env = {
+            name: value
+            for name, value in inherited.items()
+            if not name.startswith("SPLITPIN_") and name != "KAFKA_BOOTSTRAP_SERVERS"
+        }
+        for name, value in self.model_dump(exclude={"broker"}).items():
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    env[f"SPLITPIN_{name.upper()}__{sub.upper()}"] = str(subvalue)
+            else:
+                env[f"SPLITPIN_{name.upper()}"] = str(value)
+        return env
 
     @cached_property
     def governance(self) -> GovernanceConfig:

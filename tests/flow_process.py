@@ -6,30 +6,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from confluent_kafka import Consumer, Message
 
 from splitpin.settings import Settings
 
 
 def flow_env(settings: Settings, recovery_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "SPLITPIN_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "SPLITPIN_TOPIC_PREFIX": settings.topic_prefix,
-        "SPLITPIN_RECOVERY_DIR": str(recovery_dir),
-        "SPLITPIN_METRICS_PORT": "0",
-        "SPLITPIN_SNAPSHOT_INTERVAL_S": "0.5",
-        "SPLITPIN_SOURCE_BATCH_SIZE": "20",
-    }
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    env.update(extra)
-    return env
+    """The test's settings, with fast snapshots and small batches so a kill lands mid-epoch."""
+    fast = settings.model_copy(
+        update={
+            "recovery_dir": recovery_dir,
+            "metrics_port": 0,
+            "snapshot_interval_s": 0.5,
+            "source_batch_size": 20,
+        }
+    )
+    return {**fast.child_env(), **extra}
 
 
 def start_flow(
@@ -66,31 +60,3 @@ def running_flow(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 kill_hard(process)
-
-
-def read_until(
-    bootstrap: str,
-    topic: str,
-    done: Callable[[list[Message]], bool],
-    timeout_s: float,
-) -> list[Message]:
-    """Read `topic` from the beginning until `done(records)` holds or the time runs out."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    records: list[Message] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and not done(records):
-            for message in consumer.consume(500, 0.5):
-                if message.error() is None:
-                    records.append(message)
-    finally:
-        consumer.close()
-    return records

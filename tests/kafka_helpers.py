@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -42,8 +43,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return ports
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Message]:
-    """Read `topic` from the beginning until `expected` records arrived or time ran out.
+def read_until(
+    bootstrap: str, topic: str, done: Callable[[list[Message]], bool], timeout_s: float
+) -> list[Message]:
+    """Read `topic` from the beginning until `done(records)` holds or the time runs out.
 
     Uses a throwaway consumer group and explicit assignment of every partition, so no
     group rebalance delays the read and no committed offset leaks into other tests.
@@ -52,7 +55,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> 
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"test-consume-all-{uuid.uuid4().hex}",
+            "group.id": f"test-read-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "logger": LIBRDKAFKA_LOGGER,
@@ -68,10 +71,9 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> 
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)]
         )
         deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
+        while not done(records) and time.monotonic() < deadline:
             batch = consumer.consume(
-                num_messages=expected - len(records),
-                timeout=min(0.5, max(0.0, deadline - time.monotonic())),
+                num_messages=500, timeout=min(0.5, max(0.0, deadline - time.monotonic()))
             )
             for message in batch:
                 error = message.error()
@@ -83,3 +85,8 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> 
     finally:
         consumer.close()
     return records
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Message]:
+    """Read `topic` from the beginning until `expected` records arrived or time ran out."""
+    return read_until(bootstrap, topic, lambda records: len(records) >= expected, timeout_s)

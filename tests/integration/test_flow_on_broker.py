@@ -13,7 +13,8 @@ from schemas import DeadLetter, RoutingDecision, decode
 from splitpin.kafka.producer import CheckedProducer
 from splitpin.settings import Settings
 from tests.factories import event_dict
-from tests.flow_process import read_until, running_flow
+from tests.flow_process import running_flow
+from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ from schemas import RoutingDecision, decode
 from splitpin.kafka.producer import CheckedProducer
 from splitpin.settings import Settings
 from tests.factories import event_dict
-from tests.flow_process import kill_hard, read_until, running_flow, start_flow
+from tests.flow_process import kill_hard, running_flow, start_flow
+from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ from splitpin.kafka.producer import CheckedProducer
 from splitpin.settings import REPO_ROOT, Settings
 from splitpin.tokens import count_tokens
 from tests.factories import event_dict
-from tests.flow_process import read_until, running_flow
+from tests.flow_process import running_flow
+from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,21 @@ def test_invalid_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SPLITPIN_SNAPSHOT_INTERVAL_S", "-1")
     with pytest.raises(ConfigError, match="snapshot_interval_s"):
         load_settings()
+
+
+def test_child_env_reproduces_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPIN_PARTITIONS", "9")  # inherited values must not leak through
+    settings = load_settings(
+        bootstrap_servers="broker:1",
+        topic_prefix="child.",
+        snapshot_interval_s=0.5,
+        topics={"decisions": "decisions.v2"},
+    )
+    env = settings.child_env(base={"PATH": "/bin", "KAFKA_BOOTSTRAP_SERVERS": "other:2"})
+    assert env["PATH"] == "/bin" and "KAFKA_BOOTSTRAP_SERVERS" not in env
+    for name in [n for n in os.environ if n.startswith("SPLITPIN_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reloaded = load_settings()
+    assert reloaded.model_dump(exclude={"broker"}) == settings.model_dump(exclude={"broker"})
