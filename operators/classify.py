@@ -25,7 +25,6 @@ class MemoizedClassifier:
         self._memo: OrderedDict[str, Classification] = OrderedDict()
         self._memo_size = memo_size
         self._batch_size = batch_size
-        self.memo_hits = 0
 
     def classify(self, texts: list[str]) -> list[Classification]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
@@ -34,7 +33,6 @@ class MemoizedClassifier:
             chunk = missing[start : start + self._batch_size]
             fresh.update(zip(chunk, self._classifier.classify_batch(chunk), strict=True))
         results = [fresh[t] if t in fresh else self._memo[t] for t in texts]
-        self.memo_hits += len(texts) - len(fresh)
         for text, result in fresh.items():
             self._remember(text, result)
         return results
