@@ -26,7 +26,7 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from operators.context_guard import PromptPlan
 from operators.routing import RoutePlan
 from schemas.decisions import RoutingDecision
-from schemas.governance import GovernanceConfig, RoleConfig
+from schemas.governance import GovernanceConfig
 from schemas.metrics import CostRecord
 from schemas.validation import ValidationFailure
 from splitpin import metrics
@@ -51,10 +51,6 @@ class Verdict:
     reason: str | None = None
 
 
-def estimated_cost(role: RoleConfig, prompt_tokens: int, output_tokens: int) -> float:
-    return (prompt_tokens * role.price_in_per_mtok + output_tokens * role.price_out_per_mtok) / 1e6
-
-
 @dataclass
 class BudgetGate:
     governance: GovernanceConfig
@@ -70,7 +66,7 @@ class BudgetGate:
 
         def cost(plan: PromptPlan) -> float:
             role = self.governance.roles[plan.role]
-            return estimated_cost(role, plan.prompt_tokens, budgets.expected_output_tokens)
+            return role.cost_usd(plan.prompt_tokens, budgets.expected_output_tokens)
 
         allowed = tenant.allowed_roles
         chosen = routed.plan

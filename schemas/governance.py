@@ -21,6 +21,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class EmulationProfile(_Frozen):
+    """A production model's timing, for the local fleet to imitate (seeded per request)."""
+
+    ttft_ms_median: float = Field(gt=0, description="Median time to first token.")
+    ttft_sigma: float = Field(default=0.35, ge=0, description="Log-normal spread of the TTFT.")
+    tokens_per_s: float = Field(gt=0, description="Output speed after the first token.")
+
+
 class RoleConfig(_Frozen):
     """One model role: which model answers, at what price, within which limits."""
 
@@ -34,6 +42,17 @@ class RoleConfig(_Frozen):
     tokenizer: Encoding = "cl100k_base"
     timeout_s: float = Field(default=30.0, gt=0)
     retry_budget: int = Field(default=2, ge=0, le=10)
+    base_url: str | None = Field(
+        default=None,
+        description="Provider endpoint override, e.g. a vLLM or Ollama OpenAI-compatible URL.",
+    )
+    fallback: tuple[ModelRole, ...] = Field(
+        default=(), description="Roles tried, in order, when this one fails (never revisited)."
+    )
+    emulation: EmulationProfile | None = Field(
+        default=None,
+        description="Latency profile the local fleet emulates for this role (benchmarks only).",
+    )
 
     @model_validator(mode="after")
     def _output_fits_window(self) -> Self:
@@ -45,6 +64,10 @@ class RoleConfig(_Frozen):
     @property
     def pinned_id(self) -> str:
         return self.version or self.model
+
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        """The one pricing rule: list prices per million tokens, in and out."""
+        return (tokens_in * self.price_in_per_mtok + tokens_out * self.price_out_per_mtok) / 1e6
 
 
 def _default_tag_pins() -> dict[str, ModelRole]:
@@ -170,6 +193,56 @@ class ConversationConfig(_Frozen):
         return self
 
 
+class ResilienceConfig(_Frozen):
+    """Retry and circuit-breaker policy shared by every remote model."""
+
+    backoff_base_s: float = Field(default=0.25, gt=0, description="First retry waits ~this.")
+    backoff_max_s: float = Field(default=8.0, gt=0, description="Cap on one backoff sleep.")
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failed calls that open a model's breaker."
+    )
+    breaker_reset_s: float = Field(
+        default=30.0, gt=0, description="An open breaker lets one trial call through after this."
+    )
+
+
+class ProvidersConfig(_Frozen):
+    mode: Literal["auto", "local", "remote"] = Field(
+        default="auto",
+        description="auto: a role uses its remote provider when its API key (or base_url) "
+        "is configured, else the local fleet; local: always the fleet; remote: fail at "
+        "start-up if a key is missing.",
+    )
+    max_in_flight: int = Field(
+        default=16, ge=1, description="Concurrent model calls per worker process."
+    )
+    poll_interval_ms: float = Field(
+        default=5.0, gt=0, description="How often the operator collects finished calls."
+    )
+    emulate: bool = Field(
+        default=False, description="Local fleet sleeps per each role's emulation profile."
+    )
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+
+
+KnowledgeBaseName = Literal["banking77", "abcd"]
+
+
+def _default_tenant_kbs() -> dict[str, KnowledgeBaseName]:
+    return {"shopco": "abcd"}
+
+
+class KnowledgeConfig(_Frozen):
+    """Which knowledge base answers which tenant, and how many articles a prompt carries."""
+
+    default_kb: KnowledgeBaseName = "banking77"
+    tenants: dict[str, KnowledgeBaseName] = Field(default_factory=_default_tenant_kbs)
+    top_k: int = Field(default=4, ge=1, le=20, description="Articles retrieved per request.")
+
+    def kb_for(self, tenant_id: str) -> KnowledgeBaseName:
+        return self.tenants.get(tenant_id, self.default_kb)
+
+
 class GovernanceConfig(_Frozen):
     schema_version: Literal[1] = 1
     require_version_pins: bool = True
@@ -180,6 +253,8 @@ class GovernanceConfig(_Frozen):
     context: ContextConfig = Field(default_factory=ContextConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
 
     @model_validator(mode="after")
     def _roles_complete_and_pinned(self) -> Self:

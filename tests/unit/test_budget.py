@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from operators.budget import BudgetGate, TenantLedger, build_decision, estimated_cost
+from operators.budget import BudgetGate, TenantLedger, build_decision
 from schemas.decisions import RoutingDecision
 from schemas.metrics import CostRecord
 from tests.routing_helpers import Conversation, classification, governance
@@ -43,9 +43,9 @@ def test_over_budget_downgrades_to_the_cheapest_role_that_fits() -> None:
     conversation = Conversation(gov)
     plan = conversation.say("statement line " * 1500)  # extended -> long_context
     assert plan is not None and plan.plan is not None and plan.alternatives
-    long_cost = estimated_cost(gov.roles["long_context"], plan.plan.prompt_tokens, 400)
+    long_cost = gov.roles["long_context"].cost_usd(plan.plan.prompt_tokens, 400)
     fast = next(p for p in plan.alternatives if p.role == "fast")
-    fast_cost = estimated_cost(gov.roles["fast"], fast.prompt_tokens, 400)
+    fast_cost = gov.roles["fast"].cost_usd(fast.prompt_tokens, 400)
     assert fast_cost < long_cost
     ledger = TenantLedger()
     gate.admit(ledger, Conversation(gov, "warm").say("hi"))  # opens the window
