@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,8 +24,10 @@ from typing import Literal
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
+from operators.answering import Dispatch
 from operators.context_guard import PromptPlan
 from operators.routing import RoutePlan
+from providers.base import Message
 from schemas.decisions import RoutingDecision
 from schemas.governance import GovernanceConfig
 from schemas.metrics import CostRecord
@@ -41,6 +44,8 @@ class TenantLedger:
     spent_usd: float = 0.0
     """Reserved estimates plus reconciled actuals, in the current window."""
     open_reservations: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    reconciled: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """record_ids already applied: a CostRecord re-emitted after a crash is counted once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,11 @@ class BudgetGate:
 
     def reconcile(self, ledger: TenantLedger, record: CostRecord) -> None:
         """Actual usage replaces the reservation; further calls for the event add to it."""
+        if record.record_id in ledger.reconciled:
+            return
+        ledger.reconciled[record.record_id] = None
+        while len(ledger.reconciled) > MAX_OPEN_RESERVATIONS:
+            ledger.reconciled.popitem(last=False)
         reserved = ledger.open_reservations.pop(record.event_id, 0.0)
         ledger.spent_usd += record.cost_usd - reserved
 
@@ -186,7 +196,31 @@ def build_decision(
 # --- Bytewax wrapper -------------------------------------------------------------------
 
 BudgetInput = RoutePlan | CostRecord
-BudgetOutput = RoutingDecision | ValidationFailure
+BudgetOutput = RoutingDecision | ValidationFailure | Dispatch
+
+
+_MESSAGE_ROLES: dict[str, Literal["user", "assistant"]] = {
+    "customer": "user",
+    "agent": "assistant",
+    "system": "user",
+}
+
+
+def build_dispatch(
+    routed: RoutePlan, decision: RoutingDecision, plan: PromptPlan | None
+) -> Dispatch:
+    """What the model stage needs besides the decision: the planned prompt's turns."""
+    included = plan.included_turns if plan is not None else 0
+    turns = routed.window[len(routed.window) - included :] if included else ()
+    messages = tuple(
+        Message(
+            role=_MESSAGE_ROLES.get(turn.role, "user"),
+            content=turn.text if turn.role != "system" else f"[system] {turn.text}",
+        )
+        for turn in turns
+    )
+    summary = plan.summary if plan is not None else ""
+    return Dispatch(decision, messages, summary, dispatched_at=time.time())
 
 
 class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
@@ -205,7 +239,10 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
         # interleave, which a replay does not reproduce: a gauge, not a decision field.
         limit = self._gate.governance.budgets.for_tenant(tenant_id).limit_usd
         metrics.BUDGET_REMAINING.labels(tenant_id).set(limit - self._ledger.spent_usd)
-        out = build_decision(value, verdict, self._gate.governance)
+        out: list[BudgetOutput] = list(build_decision(value, verdict, self._gate.governance))
+        decision = out[0]
+        assert isinstance(decision, RoutingDecision)
+        out.append(build_dispatch(value, decision, verdict.plan))
         metrics.count(metrics.BUDGET_VERDICTS, verdict.action)
         if value.overflow is not None:
             metrics.OVERFLOWS_PREVENTED.inc()

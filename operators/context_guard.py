@@ -37,6 +37,8 @@ class PromptPlan:
     included_turns: int = 0
     compacted_turns: int = 0
     summary_tokens: int = 0
+    summary: str = ""
+    """The compacted older turns this prompt carries (sent to the model as context)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +69,15 @@ def plan_prompt(
     if newest > budget:
         return Overflow(role_name, needed_tokens=newest + fixed, limit=role.context_window)
 
-    summary_tokens = _summary_tokens(earlier_digests, context.summary_max_tokens, enc)
+    summary, summary_tokens = _summary(earlier_digests, context.summary_max_tokens, enc)
     if summary_tokens + sum(sizes) <= budget:
         return PromptPlan(
             role_name,
             prompt_tokens=context.system_prompt_tokens + summary_tokens + sum(sizes),
             limit=role.context_window,
             included_turns=len(turns),
+            summary_tokens=summary_tokens,
+            summary=summary,
         )
     if not allow_compaction:
         return None
@@ -88,7 +92,7 @@ def plan_prompt(
         included += 1
     dropped = turns[: len(turns) - included]
     digests = [*earlier_digests, *(digest(t.role, t.text, enc) for t in dropped)]
-    summary_tokens = _summary_tokens(digests, min(context.summary_max_tokens, budget - used), enc)
+    summary, summary_tokens = _summary(digests, min(context.summary_max_tokens, budget - used), enc)
     return PromptPlan(
         role_name,
         prompt_tokens=context.system_prompt_tokens + summary_tokens + used,
@@ -96,10 +100,11 @@ def plan_prompt(
         included_turns=included,
         compacted_turns=len(dropped),
         summary_tokens=summary_tokens,
+        summary=summary,
     )
 
 
-def _summary_tokens(digests: Sequence[str], max_tokens: int, encoding_name: str) -> int:
+def _summary(digests: Sequence[str], max_tokens: int, encoding_name: str) -> tuple[str, int]:
     if not digests or max_tokens <= 0:
-        return 0
-    return summarize(digests, max_tokens, encoding_name)[1]
+        return "", 0
+    return summarize(digests, max_tokens, encoding_name)

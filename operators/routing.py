@@ -25,7 +25,12 @@ from bytewax.operators import KeyedStream, StatefulLogic
 
 from operators.classify import Classified
 from operators.context_guard import Overflow, PromptPlan, PromptTurn, plan_prompt
-from operators.conversation_state import ConversationState, ConversationTracker, TurnObservation
+from operators.conversation_state import (
+    ConversationState,
+    ConversationTracker,
+    Turn,
+    TurnObservation,
+)
 from schemas.decisions import FeatureValue, ModelRole, Tier
 from schemas.events import ConversationEvent
 from schemas.governance import GovernanceConfig
@@ -68,6 +73,8 @@ class RoutePlan:
     earlier_summarised_turns: int = 0
     """Turns that had already left the conversation window (summarised in every prompt)."""
     elapsed_s: float = 0.0
+    window: tuple[Turn, ...] = ()
+    """The conversation's recent turns at this point; the prompt's messages come from them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,7 @@ class Router:
             cache_hit_of=hit_of,
             earlier_summarised_turns=state.compacted_turns,
             elapsed_s=observation.elapsed_s + time.perf_counter() - started,
+            window=tuple(state.window),
         )
 
     def choose(self, observation: TurnObservation, classification: Classification) -> RouteChoice:

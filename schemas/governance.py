@@ -5,6 +5,7 @@ Validated at start-up; any error names the field (`roles.fast.version: ...`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 
@@ -216,6 +217,9 @@ class ProvidersConfig(_Frozen):
     max_in_flight: int = Field(
         default=16, ge=1, description="Concurrent model calls per worker process."
     )
+    call_shards: int = Field(
+        default=8, ge=1, description="Keys the answering step polls under (spread over workers)."
+    )
     poll_interval_ms: float = Field(
         default=5.0, gt=0, description="How often the operator collects finished calls."
     )
@@ -226,6 +230,104 @@ class ProvidersConfig(_Frozen):
 
 
 KnowledgeBaseName = Literal["banking77", "abcd"]
+
+
+class PolicyCheck(_Frozen):
+    """A pattern no delivered reply may contain (e.g. asking for a full PIN)."""
+
+    name: str = Field(min_length=1)
+    pattern: str = Field(min_length=1, description="Python regex, searched case-insensitively.")
+    error: str = Field(default="PolicyViolation", description="The failure's error name.")
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Self:
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            msg = f"pattern does not compile: {exc}"
+            raise ValueError(msg) from exc
+        return self
+
+
+def _default_policy_checks() -> tuple[PolicyCheck, ...]:
+    return (
+        PolicyCheck(
+            name="asks-for-secret",
+            pattern=(
+                r"\b(send|tell|give|share|provide|confirm)\b[^.?!]{0,40}"
+                r"\b(full pin|pin code|password|cvv|one-time code)\b"
+            ),
+        ),
+        PolicyCheck(name="card-number", pattern=r"\b\d(?:[ -]?\d){12,18}\b", error="DataLeak"),
+    )
+
+
+class RepliesConfig(_Frozen):
+    """Two-phase replies: when a fast answer goes out, and what happens when checks fail."""
+
+    preliminary_min_confidence: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A chat's fast answer goes out as a preliminary reply at or above this; "
+        "below it the request escalates straight to the verifier.",
+    )
+    verifier_role: ModelRole = Field(
+        default="verifier", description="Re-ranks the fast candidates and writes the final reply."
+    )
+    verify_trivial: bool = Field(
+        default=False,
+        description="Small talk has nothing to verify: the fast answer is final unless true.",
+    )
+    verification_timeout_s: float = Field(
+        default=45.0, gt=0, description="Deadline for one verification, retries included."
+    )
+    on_verification_timeout: Literal["release_preliminary", "safe_reply"] = Field(
+        default="release_preliminary",
+        description="release_preliminary: the preliminary text becomes the final revision, "
+        "marked unverified (a safe reply where there was none); safe_reply: always the "
+        "safe reply. Either way a VerificationTimeout failure is recorded.",
+    )
+    reroute_role: ModelRole = Field(
+        default="compliance",
+        description="A reply that fails validation is re-asked of this (pinned) role once.",
+    )
+    safe_reply: str = Field(
+        default=(
+            "Thank you for your message. We could not verify an answer right away, so a "
+            "member of our support team will follow up with you shortly."
+        ),
+        min_length=1,
+        description="Sent instead of a reply that cannot be verified or validated.",
+    )
+    refusal_reply: str = Field(
+        default=(
+            "Thank you for your message. We cannot answer it automatically, so a member of "
+            "our support team will follow up with you shortly."
+        ),
+        min_length=1,
+        description="Sent when routing refused the request (context overflow, budget).",
+    )
+    policy_checks: tuple[PolicyCheck, ...] = Field(
+        default_factory=_default_policy_checks,
+        description="Patterns a reply must not contain; a match withholds it.",
+    )
+    require_citation_roles: tuple[ModelRole, ...] = Field(
+        default=("compliance",),
+        description="Replies from these roles (and any pinned reply) need at least one citation.",
+    )
+
+
+class AccountingConfig(_Frozen):
+    """Per tenant x model windows of the CostRecords on routing.metrics.windowed."""
+
+    window_s: float = Field(default=60.0, gt=0, description="Tumbling window, in event time.")
+    allowed_lateness_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long (system time) a window waits for stragglers after the newest "
+        "record's event time passes its end; later records are counted as late.",
+    )
 
 
 def _default_tenant_kbs() -> dict[str, KnowledgeBaseName]:
@@ -255,6 +357,8 @@ class GovernanceConfig(_Frozen):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    replies: RepliesConfig = Field(default_factory=RepliesConfig)
+    accounting: AccountingConfig = Field(default_factory=AccountingConfig)
 
     @model_validator(mode="after")
     def _roles_complete_and_pinned(self) -> Self:
@@ -262,6 +366,7 @@ class GovernanceConfig(_Frozen):
         needed |= set(self.routing.tag_pins.values())
         needed |= {self.routing.trivial_role, self.routing.compliance_role}
         needed |= set(self.context.fit_order)
+        needed |= {self.replies.verifier_role, self.replies.reroute_role}
         missing = sorted(needed - set(self.roles))
         if missing:
             fields = ", ".join(f"roles.{name}" for name in missing)

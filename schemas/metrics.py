@@ -19,6 +19,9 @@ class CostRecord(WireModel):
     tokens_out: int = Field(ge=0)
     cost_usd: float = Field(ge=0)
     latency_ms: float = Field(ge=0)
+    occurred_at: AwareDatetime = Field(
+        description="Event time of the call: the answered event's sent_at (windows use it)."
+    )
     cache_hit: bool = False
     escalated: bool = False
     shadow: bool = False

@@ -38,3 +38,10 @@ class Reply(WireModel):
     tokens_out: int = Field(ge=0)
     cost_usd: float = Field(ge=0)
     latency_ms: float = Field(ge=0, description="From the event's sent_at to emission.")
+    supersedes: int | None = Field(
+        default=None, description="The revision this one replaces (a final after a preliminary)."
+    )
+    escalated: bool = Field(
+        default=False, description="The fast pass was not trusted (low confidence or failed)."
+    )
+    calls: int = Field(default=1, ge=0, description="Model calls behind this revision.")

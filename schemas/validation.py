@@ -18,4 +18,4 @@ class ValidationFailure(WireModel):
     error: str = Field(description="e.g. MissingReference, ContextOverflow.")
     detail: str
     model: str | None = None
-    action: Literal["withheld", "rerouted", "replaced", "refused"]
+    action: Literal["withheld", "rerouted", "replaced", "refused", "released_unverified"]

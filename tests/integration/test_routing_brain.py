@@ -114,6 +114,7 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
             tokens_out=1,
             cost_usd=0.0,
             latency_ms=1.0,
+            occurred_at=dispatched.sent_at,
         )
         producer.produce(settings.topic("metrics"), encode(record), b"thrifty")
         producer.flush(15)

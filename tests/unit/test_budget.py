@@ -98,6 +98,7 @@ def test_reconciliation_replaces_the_estimate_with_actual_usage() -> None:
         tokens_out=5,
         cost_usd=0.000002,
         latency_ms=12.0,
+        occurred_at=plan.observation.event.sent_at,
     )
     gate.reconcile(ledger, record)
     assert abs(ledger.spent_usd - 0.000002) < 1e-12

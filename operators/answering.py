@@ -1,0 +1,487 @@
+"""Fast, then verified: the job that answers one dispatched event.
+
+Per event (a `Dispatch` from the budget gate), as calls finish:
+
+- refused by routing (overflow, budget): a clear final reply at once, no call;
+- pinned (compliance tag or intent): one call to the pinned role; only its validated
+  reply goes out, never a preliminary;
+- otherwise the routed role (fast or long_context) answers first. On chat, an answer whose
+  confidence clears `replies.preliminary_min_confidence` goes out as revision 0
+  (preliminary, unverified); a lower confidence escalates. Email never gets a preliminary.
+  The verifier then re-ranks that candidate against its own reading and writes the final
+  revision: `verified` when it agrees with the preliminary, `corrected` when not. Small
+  talk has nothing to verify and its fast answer is final (unless `verify_trivial`);
+- every answer is validated before it goes out (operators/validation.py). A failing one
+  is withheld, recorded, and re-asked once of the pinned `reroute_role`; if that fails
+  too, the safe reply is sent;
+- a verification that times out follows `on_verification_timeout` and is recorded.
+
+Each answered event therefore ends with exactly one `final` revision. A CostRecord goes
+out per model call. Identities are stable (reply_id + revision, event_id + call id), so
+the duplicates a crash recovery re-emits are recognisable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from operators.model_calls import CallFailed, JobStep
+from operators.validation import Violation, validate_answer
+from providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc
+from schemas.decisions import ModelRole, RoutingDecision
+from schemas.governance import GovernanceConfig
+from schemas.metrics import CostRecord
+from schemas.replies import Reply
+from schemas.validation import ValidationFailure
+
+CallPurpose = Literal["primary", "pinned", "verify", "reroute"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A dispatched (or refused) decision with the prompt the guard planned for it."""
+
+    decision: RoutingDecision
+    messages: tuple[Message, ...]
+    summary: str
+    dispatched_at: float
+    """Wall-clock seconds when the decision was made: time-to-reply metrics start here."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """One model call, picklable: snapshots keep it and a resume re-issues it."""
+
+    purpose: CallPurpose
+    request_id: str
+    role: ModelRole
+    tenant_id: str
+    messages: tuple[Message, ...]
+    summary: str
+    max_tokens: int
+    sources: tuple[SourceDoc, ...] | None
+    """None: retrieve for the question first (the gateway does, off the worker thread)."""
+    candidates: tuple[Candidate, ...] = ()
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What the gateway returns for a spec: the request as sent, then a result or an error."""
+
+    request: ModelRequest
+    result: ModelResult | None
+    error_kind: str | None = None
+    error: str | None = None
+    error_model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """An answer handed to a stronger role; counted by the flow, not written to Kafka."""
+
+    from_role: ModelRole
+    to_role: ModelRole
+    reason: Literal["low_confidence", "failed", "validation"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTiming:
+    """Seconds from decision to emission of a reply, for the Prometheus histograms."""
+
+    kind: Literal["preliminary", "final"]
+    route: ModelRole
+    seconds: float
+
+
+AnswerOutput = Reply | CostRecord | ValidationFailure | Escalation | ReplyTiming
+
+
+@dataclass
+class AnswerJob:
+    dispatch: Dispatch
+    sources: tuple[SourceDoc, ...] | None = None
+    preliminary: Reply | None = None
+    preliminary_docs: tuple[str, ...] = ()
+    escalated: bool = False
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    tried: list[ModelRole] = field(default_factory=list)
+
+
+Step = JobStep[AnswerOutput, CallSpec]
+
+
+@dataclass
+class AnswerPolicy:
+    """The two-phase reply policy; `runner` makes one call (retrieval + provider)."""
+
+    governance: GovernanceConfig
+    runner: Callable[[CallSpec], Awaitable[CallOutcome]]
+    clock: Callable[[], float] = time.time
+
+    # --- CallPolicy -----------------------------------------------------------------
+
+    def job_id(self, item: Dispatch) -> str:
+        return item.decision.event_id
+
+    def open(self, item: Dispatch) -> tuple[AnswerJob, Step]:
+        job = AnswerJob(item)
+        decision = item.decision
+        if decision.action == "refuse":
+            text = self.governance.replies.refusal_reply
+            reply = self._reply(job, "final", "refused", text, None, decision.role)
+            return job, Step(emit=[reply, *self._timing(job, reply)], done=True)
+        purpose: CallPurpose = "pinned" if decision.pinned else "primary"
+        if decision.tier == "trivial" and not decision.pinned:
+            job.sources = ()  # small talk: nothing to look up, nothing to cite
+        return job, Step(calls=[self._call(job, purpose, decision.role)])
+
+    def advance(self, job: AnswerJob, call_id: str, outcome: CallOutcome | CallFailed) -> Step:
+        purpose: CallPurpose = call_id  # type: ignore[assignment]  # ids are purposes
+        emit: list[AnswerOutput] = []
+        result = None
+        if isinstance(outcome, CallOutcome):
+            if job.sources is None:
+                job.sources = outcome.request.sources
+            result = outcome.result
+            if result is not None:
+                emit.append(self._cost(job, purpose, result))
+        if purpose == "primary":
+            return self._after_primary(job, outcome, result, emit)
+        if purpose == "verify":
+            return self._after_verify(job, outcome, result, emit)
+        return self._after_final_call(job, purpose, outcome, result, emit)
+
+    async def run(self, spec: CallSpec) -> CallOutcome:
+        return await self.runner(spec)
+
+    def timeout_s(self, spec: CallSpec) -> float:
+        return spec.timeout_s
+
+    # --- phases ---------------------------------------------------------------------
+
+    def _after_primary(
+        self,
+        job: AnswerJob,
+        outcome: CallOutcome | CallFailed,
+        result: ModelResult | None,
+        emit: list[AnswerOutput],
+    ) -> Step:
+        replies = self.governance.replies
+        decision = job.dispatch.decision
+        verifier = replies.verifier_role
+        if result is None:
+            job.escalated = True
+            emit.append(Escalation(decision.role, verifier, "failed"))
+            return Step(emit=emit, calls=[self._call(job, "verify", verifier)])
+        violations = self._validate(job, result, require_citation=False)
+        if violations:
+            return self._reroute(job, "primary", result, violations, emit)
+        if decision.tier == "trivial" and not replies.verify_trivial:
+            final = self._reply(job, "final", "unverified", result.text, result, result.role)
+            emit += [final, *self._timing(job, final)]
+            return Step(emit=emit, done=True)
+        confident = result.confidence >= replies.preliminary_min_confidence
+        if decision.channel == "chat" and confident:
+            job.preliminary = self._reply(
+                job, "preliminary", "unverified", result.text, result, result.role
+            )
+            job.preliminary_docs = tuple(c.doc_id for c in result.citations)
+            emit += [job.preliminary, *self._timing(job, job.preliminary)]
+        elif not confident:
+            job.escalated = True
+            emit.append(Escalation(result.role, verifier, "low_confidence"))
+        candidate = Candidate(
+            text=result.text,
+            doc_ids=tuple(c.doc_id for c in result.citations),
+            confidence=result.confidence,
+            model_version=result.model_version,
+        )
+        return Step(emit=emit, calls=[self._call(job, "verify", verifier, (candidate,))])
+
+    def _after_verify(
+        self,
+        job: AnswerJob,
+        outcome: CallOutcome | CallFailed,
+        result: ModelResult | None,
+        emit: list[AnswerOutput],
+    ) -> Step:
+        replies = self.governance.replies
+        if result is None:
+            error, detail = _failure_of(outcome)
+            keep = (
+                replies.on_verification_timeout == "release_preliminary"
+                and job.preliminary is not None
+            )
+            emit.append(
+                self._failure(
+                    job,
+                    "verify",
+                    "verification",
+                    "VerificationTimeout" if error == "timeout" else "VerificationFailed",
+                    detail,
+                    _model_of(outcome),
+                    "released_unverified" if keep else "replaced",
+                )
+            )
+            if keep and job.preliminary is not None:
+                final = self._reply(
+                    job, "final", "unverified", job.preliminary.text, None, job.preliminary.route
+                )
+                final = final.model_copy(
+                    update={
+                        "citations": job.preliminary.citations,
+                        "model": job.preliminary.model,
+                        "model_version": job.preliminary.model_version,
+                        "confidence": job.preliminary.confidence,
+                    }
+                )
+                return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
+            return self._safe(job, replies.verifier_role, emit)
+        pinned_needed = replies.verifier_role in replies.require_citation_roles
+        violations = self._validate(job, result, require_citation=pinned_needed)
+        if violations:
+            return self._reroute(job, "verify", result, violations, emit)
+        return self._final(job, result, emit)
+
+    def _after_final_call(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        outcome: CallOutcome | CallFailed,
+        result: ModelResult | None,
+        emit: list[AnswerOutput],
+    ) -> Step:
+        role = job.tried[-1]
+        if result is None:
+            error, detail = _failure_of(outcome)
+            emit.append(
+                self._failure(
+                    job, purpose, "model-call", error, detail, _model_of(outcome), "replaced"
+                )
+            )
+            return self._safe(job, role, emit)
+        violations = self._validate(job, result, require_citation=True)
+        if violations:
+            for violation in violations:
+                emit.append(
+                    self._failure(
+                        job,
+                        purpose,
+                        violation.check,
+                        violation.error,
+                        violation.detail,
+                        result.model_version,
+                        "replaced",
+                    )
+                )
+            return self._safe(job, result.role, emit)
+        return self._final(job, result, emit)
+
+    def _reroute(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        result: ModelResult,
+        violations: list[Violation],
+        emit: list[AnswerOutput],
+    ) -> Step:
+        target = self.governance.replies.reroute_role
+        can_reroute = target not in job.tried
+        action: Literal["rerouted", "replaced"] = "rerouted" if can_reroute else "replaced"
+        for violation in violations:
+            emit.append(
+                self._failure(
+                    job,
+                    purpose,
+                    violation.check,
+                    violation.error,
+                    violation.detail,
+                    result.model_version,
+                    action,
+                )
+            )
+        if not can_reroute:
+            return self._safe(job, result.role, emit)
+        job.escalated = True
+        emit.append(Escalation(result.role, target, "validation"))
+        return Step(emit=emit, calls=[self._call(job, "reroute", target)])
+
+    def _final(self, job: AnswerJob, result: ModelResult, emit: list[AnswerOutput]) -> Step:
+        status: Literal["verified", "corrected"] = "verified"
+        cited = tuple(c.doc_id for c in result.citations)
+        if job.preliminary is not None and cited != job.preliminary_docs:
+            status = "corrected"
+        final = self._reply(job, "final", status, result.text, result, result.role)
+        return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
+
+    def _safe(self, job: AnswerJob, role: ModelRole, emit: list[AnswerOutput]) -> Step:
+        text = self.governance.replies.safe_reply
+        final = self._reply(job, "final", "withheld", text, None, role)
+        return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
+
+    # --- records --------------------------------------------------------------------
+
+    def _call(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        role: ModelRole,
+        candidates: tuple[Candidate, ...] = (),
+    ) -> tuple[str, CallSpec]:
+        job.tried.append(role)
+        dispatch = job.dispatch
+        decision = dispatch.decision
+        config = self.governance.roles[role]
+        if purpose == "verify":
+            timeout = self.governance.replies.verification_timeout_s
+        else:
+            timeout = self._chain_deadline_s(role)
+        spec = CallSpec(
+            purpose=purpose,
+            request_id=f"{decision.event_id}:{purpose}",
+            role=role,
+            tenant_id=decision.tenant_id,
+            messages=dispatch.messages,
+            summary=dispatch.summary,
+            max_tokens=config.max_output_tokens,
+            sources=job.sources,
+            candidates=candidates,
+            timeout_s=timeout,
+        )
+        return purpose, spec
+
+    def _chain_deadline_s(self, role: ModelRole) -> float:
+        """Every attempt of the role and its fallbacks, with the longest backoffs between."""
+        resilience = self.governance.providers.resilience
+        total = 0.0
+        for name in (role, *self.governance.roles[role].fallback):
+            config = self.governance.roles[name]
+            attempts = config.retry_budget + 1
+            total += attempts * config.timeout_s + config.retry_budget * resilience.backoff_max_s
+        return total
+
+    def _validate(
+        self, job: AnswerJob, result: ModelResult, *, require_citation: bool
+    ) -> list[Violation]:
+        replies = self.governance.replies
+        need = (
+            require_citation
+            or job.dispatch.decision.pinned
+            or result.role in replies.require_citation_roles
+        )
+        return validate_answer(
+            result,
+            job.sources or (),
+            require_citation=need,
+            policy_checks=replies.policy_checks,
+        )
+
+    def _cost(self, job: AnswerJob, purpose: CallPurpose, result: ModelResult) -> CostRecord:
+        decision = job.dispatch.decision
+        config = self.governance.roles[result.role]
+        cost = config.cost_usd(result.usage.tokens_in, result.usage.tokens_out)
+        job.calls += 1
+        job.tokens_in += result.usage.tokens_in
+        job.tokens_out += result.usage.tokens_out
+        job.cost_usd += cost
+        return CostRecord(
+            record_id=f"{decision.event_id}:{purpose}",
+            event_id=decision.event_id,
+            tenant_id=decision.tenant_id,
+            role=result.role,
+            model=_model_name(config.model, result),
+            model_version=result.model_version,
+            tokens_in=result.usage.tokens_in,
+            tokens_out=result.usage.tokens_out,
+            cost_usd=round(cost, 9),
+            latency_ms=round(result.latency_ms, 3),
+            escalated=job.escalated and purpose != "primary",
+            emulated=result.provider == "local",
+            occurred_at=decision.sent_at,
+        )
+
+    def _failure(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        check: str,
+        error: str,
+        detail: str,
+        model: str | None,
+        action: Literal["withheld", "rerouted", "replaced", "refused", "released_unverified"],
+    ) -> ValidationFailure:
+        decision = job.dispatch.decision
+        return ValidationFailure(
+            failure_id=f"{decision.event_id}:{purpose}:{check}",
+            event_id=decision.event_id,
+            conversation_id=decision.conversation_id,
+            tenant_id=decision.tenant_id,
+            check=check,
+            error=error,
+            detail=detail,
+            model=model,
+            action=action,
+        )
+
+    def _reply(
+        self,
+        job: AnswerJob,
+        kind: Literal["preliminary", "final"],
+        status: Literal["verified", "unverified", "corrected", "withheld", "refused"],
+        text: str,
+        result: ModelResult | None,
+        route: ModelRole,
+    ) -> Reply:
+        decision = job.dispatch.decision
+        config = self.governance.roles[route]
+        preliminary = job.preliminary if kind == "final" else None
+        now = self.clock()
+        sent = decision.sent_at.timestamp()
+        return Reply(
+            reply_id=decision.event_id,
+            revision=preliminary.revision + 1 if preliminary is not None else 0,
+            kind=kind,
+            status=status,
+            conversation_id=decision.conversation_id,
+            tenant_id=decision.tenant_id,
+            channel=decision.channel,
+            text=text,
+            citations=result.citations if result is not None else (),
+            model=_model_name(config.model, result) if result is not None else config.model,
+            model_version=result.model_version if result is not None else config.pinned_id,
+            route=route,
+            confidence=result.confidence if result is not None else 0.0,
+            tokens_in=job.tokens_in,
+            tokens_out=job.tokens_out,
+            cost_usd=round(job.cost_usd, 9),
+            latency_ms=round(max(0.0, now - sent) * 1000, 3),
+            supersedes=preliminary.revision if preliminary is not None else None,
+            escalated=job.escalated,
+            calls=job.calls,
+        )
+
+    def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:
+        seconds = max(0.0, self.clock() - job.dispatch.dispatched_at)
+        return [ReplyTiming(reply.kind, reply.route, seconds)]
+
+
+def _model_name(configured: str, result: ModelResult) -> str:
+    """The local fleet is not the configured model: say so rather than borrow its name."""
+    return f"local-{result.role}" if result.provider == "local" else configured
+
+
+def _failure_of(outcome: CallOutcome | CallFailed) -> tuple[str, str]:
+    if isinstance(outcome, CallFailed):
+        return outcome.reason, outcome.detail
+    return outcome.error_kind or "error", outcome.error or "no result"
+
+
+def _model_of(outcome: CallOutcome | CallFailed) -> str | None:
+    return outcome.error_model if isinstance(outcome, CallOutcome) else None

@@ -1,0 +1,113 @@
+"""Model calls off the Bytewax worker thread.
+
+Bytewax 0.21 runs operator logic synchronously on its worker thread, so one blocking call
+stalls every step on that worker. Calls therefore run as coroutines on an asyncio loop in
+a daemon thread: `submit` returns a `concurrent.futures.Future` at once, at most
+`max_in_flight` coroutines hold a slot at a time (the rest wait, queued, for a slot), and
+every call has a deadline. The worker polls futures (see operators/model_calls.py).
+
+One executor per process: Bytewax workers in one process share it, so the in-flight
+limit is per process, which is what a provider's rate limit sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class CallTimeoutError(Exception):
+    """The call's deadline passed; the coroutine was cancelled."""
+
+
+class CallExecutor:
+    """An event loop in a daemon thread with a bounded number of calls in flight."""
+
+    def __init__(self, max_in_flight: int, *, name: str = "splitpin-calls") -> None:
+        if max_in_flight < 1:
+            msg = "max_in_flight must be at least 1"
+            raise ValueError(msg)
+        self.max_in_flight = max_in_flight
+        self._loop = asyncio.new_event_loop()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._queued = 0
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot right now."""
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
+        return self._queued
+
+    def submit(
+        self, call: Callable[[], Awaitable[T]], *, timeout_s: float | None = None
+    ) -> Future[T]:
+        """Schedule `call()` on the loop; the future fails with CallTimeoutError past the deadline.
+
+        The deadline counts from the moment the call gets a slot: waiting in the queue is
+        the operator's backlog, not the provider's slowness.
+        """
+        with self._lock:
+            self._queued += 1
+        return asyncio.run_coroutine_threadsafe(self._run(call, timeout_s), self._loop)
+
+    async def _run(self, call: Callable[[], Awaitable[T]], timeout_s: float | None) -> T:
+        async with self._slots:
+            with self._lock:
+                self._queued -= 1
+                self._in_flight += 1
+            try:
+                if timeout_s is None:
+                    return await call()
+                try:
+                    return await asyncio.wait_for(call(), timeout_s)
+                except TimeoutError as exc:
+                    msg = f"no result within {timeout_s:g} s"
+                    raise CallTimeoutError(msg) from exc
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+
+    def run(self, call: Callable[[], Coroutine[object, object, T]]) -> T:
+        """Run one coroutine to completion from a foreign thread (start-up and shutdown work)."""
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def close(self) -> None:
+        """Cancel what is still running and release the loop (tests; processes just exit)."""
+
+        async def cancel_all() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+_shared: dict[int, CallExecutor] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_executor(max_in_flight: int) -> CallExecutor:
+    """The process-wide executor for a given limit (created on first use)."""
+    with _shared_lock:
+        executor = _shared.get(max_in_flight)
+        if executor is None:
+            executor = _shared[max_in_flight] = CallExecutor(max_in_flight)
+        return executor

@@ -1,0 +1,197 @@
+"""The non-blocking model operator: jobs that make calls, polled without stalling the worker.
+
+A *job* answers one dispatched event and may need several calls (a fast pass, then a
+verifier). A `CallPolicy` says how: `open` turns an input into a job and its first calls,
+`advance` folds one call's outcome into the job and says what to emit and call next,
+`run` is the coroutine that makes one call. `CallTable` holds the jobs and their calls in
+flight for one key; it is plain Python (tests drive it without Bytewax), and the Bytewax
+wrapper below only forwards to it.
+
+Recovery: the snapshot holds every open job and the spec of every call in flight. On
+resume the calls are re-issued, so a crash loses no answer; an outcome that was emitted
+after the snapshot is produced again, with the same identity, which consumers dedupe.
+
+Keys are shards, not conversations: every key with calls in flight polls on a timer, and
+a few shards keep that polling cheap however many conversations are waiting.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+
+from bytewax import operators as op
+from bytewax.operators import KeyedStream, StatefulLogic
+
+from operators.call_executor import CallExecutor, CallTimeoutError
+
+I = TypeVar("I")  # noqa: E741 - input item
+J = TypeVar("J")  # job state (picklable)
+S = TypeVar("S")  # call spec (picklable)
+O = TypeVar("O")  # noqa: E741 - call outcome
+W = TypeVar("W")  # emitted item
+I_contra = TypeVar("I_contra", contravariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """A call that ended without an outcome from `run`: its deadline, or an unexpected error."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)  # no slots: instantiating a subscripted generic sets __orig_class__
+class JobStep(Generic[W, S]):
+    emit: Sequence[W] = ()
+    calls: Sequence[tuple[str, S]] = ()
+    """(call_id, spec): call ids are unique within the job and stable across replays."""
+    done: bool = False
+
+
+class CallPolicy(Protocol[I_contra, J, S, O, W]):
+    def job_id(self, item: I_contra) -> str: ...
+
+    def open(self, item: I_contra) -> tuple[J, JobStep[W, S]]: ...
+
+    def advance(self, job: J, call_id: str, outcome: O | CallFailed) -> JobStep[W, S]: ...
+
+    def run(self, spec: S) -> Awaitable[O]: ...
+
+    def timeout_s(self, spec: S) -> float: ...
+
+
+@dataclass(slots=True)
+class _Pending(Generic[S, O]):
+    job_id: str
+    spec: S
+    future: concurrent.futures.Future[O]
+
+
+@dataclass
+class CallTable(Generic[I, J, S, O, W]):
+    """Open jobs and calls in flight for one key."""
+
+    policy: CallPolicy[I, J, S, O, W]
+    executor: CallExecutor
+    jobs: dict[str, J] = field(default_factory=dict)
+    pending: dict[tuple[str, str], _Pending[S, O]] = field(default_factory=dict)
+
+    def add(self, item: I) -> list[W]:
+        job_id = self.policy.job_id(item)
+        if job_id in self.jobs:  # the same input again while it is being answered
+            return []
+        job, step = self.policy.open(item)
+        self.jobs[job_id] = job
+        return self._apply(job_id, step)
+
+    def poll(self) -> list[W]:
+        """Advance every job whose call has finished; never blocks."""
+        out: list[W] = []
+        for key in [k for k, p in self.pending.items() if p.future.done()]:
+            out.extend(self._complete(key))
+        return out
+
+    def drain(self) -> list[W]:
+        """Block until no call is in flight (end of input: nothing else can arrive)."""
+        out: list[W] = []
+        while self.pending:
+            futures = [p.future for p in self.pending.values()]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            out.extend(self.poll())
+        return out
+
+    def snapshot(self) -> bytes:
+        calls = [(job_id, call_id, p.spec) for (job_id, call_id), p in self.pending.items()]
+        return pickle.dumps((self.jobs, calls), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, snapshot: bytes) -> None:
+        """Take back the jobs of a snapshot and re-issue every call that was in flight."""
+        jobs, calls = pickle.loads(snapshot)
+        self.jobs.update(jobs)
+        for job_id, call_id, spec in calls:
+            self._submit(job_id, call_id, spec)
+
+    def _apply(self, job_id: str, step: JobStep[W, S]) -> list[W]:
+        for call_id, spec in step.calls:
+            self._submit(job_id, call_id, spec)
+        if step.done:
+            self.jobs.pop(job_id, None)
+        return list(step.emit)
+
+    def _submit(self, job_id: str, call_id: str, spec: S) -> None:
+        run = self.policy.run
+        future = self.executor.submit(lambda: run(spec), timeout_s=self.policy.timeout_s(spec))
+        self.pending[(job_id, call_id)] = _Pending(job_id, spec, future)
+
+    def _complete(self, key: tuple[str, str]) -> list[W]:
+        pending = self.pending.pop(key)
+        job_id, call_id = key
+        outcome: O | CallFailed
+        try:
+            outcome = pending.future.result()
+        except CallTimeoutError as exc:
+            outcome = CallFailed("timeout", str(exc))
+        except Exception as exc:  # a bug in `run` must not lose the job: it gets an outcome
+            outcome = CallFailed("error", f"{type(exc).__name__}: {exc}")
+        job = self.jobs.get(job_id)
+        if job is None:
+            return []
+        return self._apply(job_id, self.policy.advance(job, call_id, outcome))
+
+
+def shard_of(key: str, shards: int) -> str:
+    """A stable shard (crc32, not Python's salted hash) so resumes find their state."""
+    return f"shard-{zlib.crc32(key.encode()) % shards}"
+
+
+# --- Bytewax wrapper -------------------------------------------------------------------
+
+
+class _CallLogic(StatefulLogic[I, W, bytes], Generic[I, J, S, O, W]):
+    def __init__(
+        self, table: CallTable[I, J, S, O, W], poll: timedelta, resume: bytes | None
+    ) -> None:
+        self._table = table
+        self._poll = poll
+        if resume is not None:
+            table.restore(resume)
+
+    def on_item(self, value: I) -> tuple[list[W], bool]:
+        return self._table.add(value) + self._table.poll(), StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[W], bool]:
+        return self._table.poll(), self._finished()
+
+    def on_eof(self) -> tuple[list[W], bool]:
+        return self._table.drain(), self._finished()
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(UTC) + self._poll if self._table.pending else None
+
+    def snapshot(self) -> bytes:
+        return self._table.snapshot()
+
+    def _finished(self) -> bool:
+        return not self._table.jobs and not self._table.pending
+
+
+def model_calls(
+    step_id: str,
+    items: KeyedStream[I],
+    policy: CallPolicy[I, J, S, O, W],
+    executor_factory: Callable[[], CallExecutor],
+    poll_interval_s: float,
+) -> KeyedStream[W]:
+    """Keyed upstream (by `shard_of`); emits each job's outputs as its calls finish."""
+    poll = timedelta(seconds=poll_interval_s)
+
+    def build(resume: bytes | None) -> _CallLogic[I, J, S, O, W]:
+        return _CallLogic(CallTable(policy, executor_factory()), poll, resume)
+
+    return op.stateful(step_id, items, build)

@@ -1,0 +1,83 @@
+"""One model call as the answering job sees it: retrieve sources, build the request, call.
+
+Runs on the call executor's event loop. Retrieval embeds text (CPU), so it goes to a
+thread to let other calls' network waits and emulated latencies overlap with it.
+Provider errors become data (`CallOutcome.error_kind`): the job decides what follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from operators.answering import CallOutcome, CallSpec
+from providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
+from schemas.governance import GovernanceConfig
+
+RECENT_USER_TURNS = 3
+"""A follow-up ("and how long will that take?") is retrieved with its recent context too."""
+
+
+class Completer(Protocol):
+    async def complete(self, request: ModelRequest) -> ModelResult: ...
+
+
+class SourceFinder(Protocol):
+    def retrieve(self, kb_name: str, query_text: str, top_k: int) -> tuple[SourceDoc, ...]: ...
+
+
+def retrieval_queries(messages: tuple[Message, ...]) -> list[str]:
+    """The question alone, then the question with the customer's recent turns."""
+    user = [m.content for m in messages if m.role == "user"]
+    if not user:
+        return []
+    recent = " ".join(user[-RECENT_USER_TURNS:])
+    return [user[-1]] if recent == user[-1] else [user[-1], recent]
+
+
+def merge_sources(ranked: list[tuple[SourceDoc, ...]], top_k: int) -> tuple[SourceDoc, ...]:
+    """Interleave the rankings, first occurrence wins, at most top_k + 2 documents."""
+    merged: dict[str, SourceDoc] = {}
+    for position in range(max((len(r) for r in ranked), default=0)):
+        for ranking in ranked:
+            if position < len(ranking) and ranking[position].doc_id not in merged:
+                merged[ranking[position].doc_id] = ranking[position]
+    cap = top_k + 2 if len(ranked) > 1 else top_k
+    return tuple(merged.values())[:cap]
+
+
+@dataclass
+class ModelGateway:
+    governance: GovernanceConfig
+    providers: Completer
+    retriever: SourceFinder
+
+    async def run(self, spec: CallSpec) -> CallOutcome:
+        sources = spec.sources
+        if sources is None:
+            sources = await asyncio.to_thread(self._retrieve, spec)
+        request = ModelRequest(
+            request_id=spec.request_id,
+            role=spec.role,
+            tenant_id=spec.tenant_id,
+            messages=spec.messages,
+            summary=spec.summary,
+            max_tokens=spec.max_tokens,
+            sources=sources,
+            candidates=spec.candidates,
+        )
+        try:
+            result = await self.providers.complete(request)
+        except ProviderError as exc:
+            return CallOutcome(request, None, exc.kind, str(exc), exc.model or None)
+        return CallOutcome(request, result)
+
+    def _retrieve(self, spec: CallSpec) -> tuple[SourceDoc, ...]:
+        knowledge = self.governance.knowledge
+        kb = knowledge.kb_for(spec.tenant_id)
+        rankings = [
+            self.retriever.retrieve(kb, query, knowledge.top_k)
+            for query in retrieval_queries(spec.messages)
+        ]
+        return merge_sources(rankings, knowledge.top_k)
