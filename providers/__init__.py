@@ -1,0 +1,1 @@
+"""Model backends behind one async interface: the local fleet, Anthropic, OpenAI-compatible."""
