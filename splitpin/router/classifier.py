@@ -131,6 +131,11 @@ class Classifier:
         return cls(embedder, bundle, classifier, routing)
 
     @property
+    def embedder(self) -> Embedder:
+        """The loaded MiniLM session, shared with the local fleet (one per process)."""
+        return self._embedder
+
+    @property
     def manifest(self) -> dict[str, object]:
         """How the heads were trained (data hashes, command, versions, validation figures)."""
         return dict(self._bundle.manifest)
@@ -163,6 +168,22 @@ class Classifier:
             for key, text, emb in zip(pending, cut, embeddings, strict=True):
                 results[key] = self._from_model(text, emb)
         return [results[k] for k in keys]
+
+    def intent_probabilities(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """(n, len(intent_labels)) banking77 head probabilities, columns as `intent_labels`.
+
+        Rules are bypassed: callers that weigh every intent (the local fleet's verifier)
+        need the full distribution, not the routing decision. Row i depends on texts[i] only.
+        """
+        out = np.empty((len(texts), len(self.intent_labels)), dtype=np.float64)
+        if not texts:
+            return out
+        bundle = self._bundle
+        cut = [model_input(t, self._config.max_seq_tokens) for t in texts]
+        embeddings = self._embedder.embed(cut, max_batch=max(self._config.batch_size, 1))
+        for i, (text, emb) in enumerate(zip(cut, embeddings, strict=True)):
+            out[i] = bundle.intent.proba(emb, bundle.featurizer.transform(text))
+        return out
 
     def _from_rule(self, rule: rules.Rule) -> Classification:
         return Classification(

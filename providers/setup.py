@@ -1,0 +1,36 @@
+"""Build the model backends the flow calls: the provider registry and the retriever.
+
+The local fleet is loaded only when some role needs it (mode `local`, or `auto` with a
+missing key), and it shares the classifier's embedder: one ONNX session per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from providers.knowledge_base import KnowledgeBases, Retriever
+from providers.local_fleet import LocalFleet
+from providers.registry import ProviderRegistry
+from schemas.governance import GovernanceConfig
+from splitpin.router.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def build_model_backends(
+    governance: GovernanceConfig,
+    classifier: Classifier,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ProviderRegistry, Retriever]:
+    """Sources are retrieved locally for every provider, so citations can be checked."""
+    bases = KnowledgeBases.load(classifier.embedder)
+    fleet = LocalFleet(governance, bases, classifier.embedder, classifier)
+    registry = ProviderRegistry.build(
+        governance, env=os.environ if env is None else env, local=fleet.provider
+    )
+    for role, backend in registry.describe().items():
+        log.info("role %s answered by %s", role, backend)
+    return registry, fleet.retriever
