@@ -7,11 +7,17 @@ channels, topics): never a conversation, tenant-user or event id.
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+if TYPE_CHECKING:
+    from schemas.metrics import CostRecord
+
 # Buckets resolve the 15 ms decision budget finely and still show slow outliers.
 DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
+# Model calls and replies take from milliseconds (local fleet) to tens of seconds (remote).
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 EVENTS_INGESTED = Counter(
@@ -63,6 +69,47 @@ SINK_FLUSH_SECONDS = Histogram(
     "splitpin_sink_flush_seconds", "Time to get a batch acknowledged.", buckets=FLUSH_BUCKETS
 )
 
+MODEL_CALLS = Counter(
+    "splitpin_model_calls_total", "Model calls that returned a result.", ["role", "model"]
+)
+MODEL_CALL_SECONDS = Histogram(
+    "splitpin_model_call_seconds",
+    "Provider latency per call (emulated for the local fleet when emulation is on).",
+    ["role"],
+    buckets=CALL_BUCKETS,
+)
+MODEL_TOKENS = Counter(
+    "splitpin_model_tokens_total", "Tokens billed, by model and direction.", ["model", "direction"]
+)
+MODEL_COST = Counter("splitpin_model_cost_usd_total", "Cost of model calls in USD.", ["model"])
+REPLY_SECONDS = Histogram(
+    "splitpin_reply_seconds",
+    "From the routing decision to a reply's emission: time to preliminary and to final.",
+    ["kind", "route"],
+    buckets=CALL_BUCKETS,
+)
+ESCALATIONS = Counter(
+    "splitpin_escalations_total",
+    "Answers handed to a stronger role.",
+    ["from_role", "to_role", "reason"],
+)
+CALLS_IN_FLIGHT = Gauge(
+    "splitpin_model_calls_in_flight", "Model calls holding an executor slot in this process."
+)
+
+
+def observe_call(record: CostRecord) -> None:
+    """One model call's cost record into the call, token and cost counters."""
+    count(MODEL_CALLS, record.role, record.model)
+    MODEL_CALL_SECONDS.labels(record.role).observe(record.latency_ms / 1000)
+    count(MODEL_TOKENS, record.model, "in", amount=record.tokens_in)
+    count(MODEL_TOKENS, record.model, "out", amount=record.tokens_out)
+    count(MODEL_COST, record.model, amount=record.cost_usd)
+
+
+def observe_reply(kind: str, route: str, seconds: float) -> None:
+    REPLY_SECONDS.labels(kind, route).observe(seconds)
+
 
 @cache
 def _child(counter: Counter, labels: tuple[str, ...]) -> Counter:
@@ -79,3 +126,10 @@ def serve(port: int) -> None:
     """Expose the default registry (ours and Bytewax's own) on `port`; 0 disables it."""
     if port:
         start_http_server(port)
+
+
+LATE_COST_RECORDS = Counter(
+    "splitpin_cost_records_late_total",
+    "CostRecords that arrived after their window closed.",
+    ["model"],
+)
