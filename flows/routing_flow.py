@@ -5,7 +5,12 @@ conversations.events ─▶ ingest ─┬─▶ dead-letter
                                     ─▶ key by conversation ─▶ state + cache + policy + guard
                                     ─▶ key by tenant ─┐
 routing.metrics (CostRecord) ─▶ ingest ─▶ key by tenant ─┴─▶ budget gate
-                                    ─▶ routing.decisions, replies.validation-failures
+     ┌──────────────────────────────────────────────────────────┤
+     │   routing.decisions, replies.validation-failures ◀───────┤
+     │                                                          ▼ Dispatch
+     │                        key by shard ─▶ answer (calls off-thread, fast then verified)
+     └─ routing.metrics (CostRecord) ◀─┬─ conversations.replies, replies.validation-failures
+                                       └─ metrics.windowed (per tenant x model x minute)
 """
 
 from __future__ import annotations
@@ -20,14 +25,28 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from flows.sink import CheckedKafkaSink, OutRecord
+from operators.answering import (
+    AnswerOutput,
+    AnswerPolicy,
+    Dispatch,
+    Escalation,
+    ReplyTiming,
+)
 from operators.budget import BudgetGate, BudgetInput, BudgetOutput, gate_budgets
+from operators.call_executor import shared_executor
 from operators.classify import MemoizedClassifier, classify_events
+from operators.cost_windows import window_costs
 from operators.ingest import RawRecord, parse_event, parse_record
+from operators.model_calls import model_calls, shard_of
+from operators.model_gateway import Completer, ModelGateway, SourceFinder
 from operators.routing import RoutePlan, Router, route_conversations
+from providers.setup import build_model_backends
 from schemas.dead_letter import DeadLetter
 from schemas.decisions import RoutingDecision
 from schemas.events import ConversationEvent
-from schemas.metrics import CostRecord
+from schemas.metrics import CostRecord, WindowedCost
+from schemas.replies import Reply
+from schemas.validation import ValidationFailure
 from schemas.wire import encode
 from splitpin import metrics, tokens
 from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
@@ -89,8 +108,10 @@ def build_flow(
     sink: Sink[OutRecord] | None = None,
     classifier: Classifier | None = None,
     tail: bool = True,
+    backends: tuple[Completer, SourceFinder] | None = None,
 ) -> Dataflow:
-    """Wire the stages. Tests pass TestingSources of RawRecords and a TestingSink."""
+    """Wire the stages. Tests pass TestingSources of RawRecords and a TestingSink, and may
+    pass their own model backends (providers, retriever); else the governance config's."""
     governance = settings.governance
     router = Router(governance)
     gate = BudgetGate(governance)
@@ -100,6 +121,11 @@ def build_flow(
     loaded.classify_batch(["warm-up: where is my card?", "hi"])
     for name in router.encodings:  # BPE tables load on first use, also ~0.3 s each
         tokens.encoding(name)
+    providers, retriever = backends or build_model_backends(governance, loaded)
+    answer_policy = AnswerPolicy(governance, ModelGateway(governance, providers, retriever).run)
+    calls = governance.providers
+    executor = shared_executor(calls.max_in_flight)
+    metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)
     memoized = MemoizedClassifier(
         loaded, governance.classifier.memo_size, governance.classifier.batch_size
     )
@@ -143,17 +169,62 @@ def build_flow(
     by_tenant = op.key_on("by-tenant", budget_inputs, _tenant_of)
     outcomes = op.key_rm("unkey-tenant", gate_budgets("budget", by_tenant, gate))
 
+    gated = op.branch("dispatched", outcomes, lambda item: isinstance(item, Dispatch))
+    dispatches: Stream[Dispatch] = gated.trues  # type: ignore[assignment]
+    by_shard = op.key_on(
+        "by-shard",
+        dispatches,
+        lambda d: shard_of(d.decision.conversation_id, calls.call_shards),
+    )
+    answers = op.key_rm(
+        "unkey-shard",
+        model_calls(
+            "answer",
+            by_shard,
+            answer_policy,
+            lambda: executor,
+            calls.poll_interval_ms / 1000,
+        ),
+    )
+
+    costs = op.filter_map(
+        "call-costs", answers, lambda item: item if isinstance(item, CostRecord) else None
+    )
+    windowed = window_costs("cost-windows", costs, governance.accounting)
+
     decisions_topic = settings.topic("decisions")
     failures_topic = settings.topic("validation_failures")
     dead_letter_topic = settings.topic("dead_letter")
+    replies_topic = settings.topic("replies")
+    metrics_topic = settings.topic("metrics")
+    windowed_topic = settings.topic("metrics_windowed")
 
     def outcome_out(outcome: BudgetOutput) -> OutRecord:
+        assert not isinstance(outcome, Dispatch)  # branched off above
         key = outcome.conversation_id.encode()
         if isinstance(outcome, RoutingDecision):
             metrics.count(metrics.ROUTING_DECISIONS, outcome.role, outcome.tier)
             return OutRecord(decisions_topic, key, encode(outcome))
         metrics.count(metrics.VALIDATION_FAILURES, outcome.error)
         return OutRecord(failures_topic, key, encode(outcome))
+
+    def answer_out(item: AnswerOutput) -> list[OutRecord]:
+        if isinstance(item, Reply):
+            return [OutRecord(replies_topic, item.conversation_id.encode(), encode(item))]
+        if isinstance(item, CostRecord):
+            metrics.observe_call(item)
+            return [OutRecord(metrics_topic, item.tenant_id.encode(), encode(item))]
+        if isinstance(item, ValidationFailure):
+            metrics.count(metrics.VALIDATION_FAILURES, item.error)
+            return [OutRecord(failures_topic, item.conversation_id.encode(), encode(item))]
+        if isinstance(item, Escalation):
+            metrics.count(metrics.ESCALATIONS, item.from_role, item.to_role, item.reason)
+        elif isinstance(item, ReplyTiming):
+            metrics.observe_reply(item.kind, item.route, item.seconds)
+        return []
+
+    def windowed_out(window: WindowedCost) -> OutRecord:
+        return OutRecord(windowed_topic, window.tenant_id.encode(), encode(window))
 
     def dead_letter_out(letter: DeadLetter) -> OutRecord:
         metrics.count(metrics.DEAD_LETTERS, letter.reason)
@@ -162,7 +233,9 @@ def build_flow(
 
     out = op.merge(
         "outputs",
-        op.map("outcome-out", outcomes, outcome_out),
+        op.map("outcome-out", gated.falses, outcome_out),
+        op.flat_map("answer-out", answers, answer_out),
+        op.map("windowed-out", windowed, windowed_out),
         op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
     )
     op.output(

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from operators.context_guard import fit_messages
 from operators.model_calls import CallFailed, JobStep
 from operators.validation import Violation, validate_answer
 from providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc
@@ -343,12 +344,15 @@ class AnswerPolicy:
             timeout = self.governance.replies.verification_timeout_s
         else:
             timeout = self._chain_deadline_s(role)
+        messages = dispatch.messages
+        if role != decision.role:  # the guard planned the prompt for the routed role
+            messages = fit_messages(messages, dispatch.summary, config, self.governance.context)
         spec = CallSpec(
             purpose=purpose,
             request_id=f"{decision.event_id}:{purpose}",
             role=role,
             tenant_id=decision.tenant_id,
-            messages=dispatch.messages,
+            messages=messages,
             summary=dispatch.summary,
             max_tokens=config.max_output_tokens,
             sources=job.sources,

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from operators.summarizer import digest, summarize
 from schemas.decisions import ModelRole
 from schemas.governance import ContextConfig, RoleConfig
+from splitpin.tokens import count_tokens
+
+
+class _HasContent(Protocol):
+    @property
+    def content(self) -> str: ...
+
+
+T = TypeVar("T", bound=_HasContent)
 
 MESSAGE_OVERHEAD_TOKENS = 4
 """Chat formats wrap each message in role markers; 4 tokens covers OpenAI's and Anthropic's."""
@@ -108,3 +118,23 @@ def _summary(digests: Sequence[str], max_tokens: int, encoding_name: str) -> tup
     if not digests or max_tokens <= 0:
         return "", 0
     return summarize(digests, max_tokens, encoding_name)
+
+
+def fit_messages(
+    messages: Sequence[T], summary: str, role: RoleConfig, context: ContextConfig
+) -> tuple[T, ...]:
+    """The newest messages that fit `role` beside the summary (for a call to another role
+    than the one the guard planned for, such as the verifier). The newest always stays; if
+    even it is too big for this role, the provider's context error is what gets recorded."""
+    enc = role.tokenizer
+    budget = role.context_window - role.max_output_tokens - context.system_prompt_tokens
+    budget -= count_tokens(summary, enc) if summary else 0
+    kept: list[T] = []
+    used = 0
+    for message in reversed(messages):
+        size = count_tokens(message.content, enc) + MESSAGE_OVERHEAD_TOKENS
+        if kept and used + size > budget:
+            break
+        kept.append(message)
+        used += size
+    return tuple(reversed(kept))

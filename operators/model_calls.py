@@ -18,6 +18,7 @@ a few shards keep that polling cheap however many conversations are waiting.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import pickle
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,8 @@ from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
 from operators.call_executor import CallExecutor, CallTimeoutError
+
+log = logging.getLogger(__name__)
 
 I = TypeVar("I")  # noqa: E741 - input item
 J = TypeVar("J")  # job state (picklable)
@@ -114,6 +117,8 @@ class CallTable(Generic[I, J, S, O, W]):
         """Take back the jobs of a snapshot and re-issue every call that was in flight."""
         jobs, calls = pickle.loads(snapshot)
         self.jobs.update(jobs)
+        if calls:
+            log.warning("resumed with %d model call(s) in flight: re-issuing them", len(calls))
         for job_id, call_id, spec in calls:
             self._submit(job_id, call_id, spec)
 

@@ -163,7 +163,10 @@ class Router:
         pinned = False
         event = observation.event
         pinned_by = next((tag for tag in event.tags if tag in routing.tag_pins), None)
-        if pinned_by is not None:
+        if routing.force_role is not None:
+            role, pinned = routing.force_role, True
+            reasons.append(f"single-model topology: routing.force_role pins {role}")
+        elif pinned_by is not None:
             role, pinned = routing.tag_pins[pinned_by], True
             reasons.append(f"tag:{pinned_by} pins role {role} regardless of size")
         elif classification.compliance:

@@ -100,6 +100,11 @@ class RoutingConfig(_Frozen):
         default=(),
         description="Intents (banking77 labels) that make a request compliance-bound.",
     )
+    force_role: ModelRole | None = Field(
+        default=None,
+        description="Single-model topology: every request is pinned to this role (the "
+        "baseline the split topology is measured against).",
+    )
     compliance_min_confidence: float = Field(
         default=0.35,
         ge=0,
@@ -253,8 +258,10 @@ def _default_policy_checks() -> tuple[PolicyCheck, ...]:
     return (
         PolicyCheck(
             name="asks-for-secret",
+            # A request for the customer's secret, not a warning never to share it.
             pattern=(
-                r"\b(send|tell|give|share|provide|confirm)\b[^.?!]{0,40}"
+                r"(?<!never )(?<!not )(?<!n't )\b(send|tell|give|share|provide|confirm)\b"
+                r"[^.?!]{0,20}\byour\b[^.?!]{0,20}"
                 r"\b(full pin|pin code|password|cvv|one-time code)\b"
             ),
         ),

@@ -23,7 +23,10 @@ def flow_env(settings: Settings, recovery_dir: Path, **extra: str) -> dict[str, 
             "source_batch_size": 20,
         }
     )
-    return {**fast.child_env(), **extra}
+    env = fast.child_env()
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        env.pop(key, None)  # hermetic: a developer's real keys never reach a test flow
+    return {**env, **extra}
 
 
 def start_flow(

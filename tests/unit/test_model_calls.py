@@ -100,9 +100,9 @@ def test_snapshot_keeps_calls_in_flight_and_restore_reissues_them(
 
     resumed_policy = SlowEcho(delay_s=0.01)
     resumed: CallTable[str, list[str], str, str, str] = CallTable(resumed_policy, executor)
-    resumed.restore(snapshot)
-    assert sorted(resumed_policy.started) == ["x", "y"]  # re-issued at once, no new input
+    resumed.restore(snapshot)  # re-issued at once: no new input arrives
     assert sorted(resumed.drain()) == ["x:done", "y:done"]
+    assert sorted(resumed_policy.started) == ["x", "y"]
     table.drain()
 
 
