@@ -91,7 +91,7 @@ class ProviderRegistry:
         problems: list[str] = []
         for name, role in governance.roles.items():
             try:
-                plan[name] = _remote_settings(name, role, env, mode)
+                plan[name] = remote_settings(name, role, env, mode)
             except ConfigError as exc:
                 problems.append(str(exc))
         if problems:
@@ -156,7 +156,7 @@ class ProviderRegistry:
             await provider.aclose()
 
 
-def _remote_settings(
+def remote_settings(
     name: ModelRole, role: RoleConfig, env: Mapping[str, str], mode: str
 ) -> tuple[str | None, str | None] | None:
     """(api_key, base_url) when this role goes to its remote API, None for the local fleet."""

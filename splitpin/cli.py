@@ -127,11 +127,17 @@ def replay(
 
 
 @app.command("demo")
-def demo() -> None:
-    """Run the whole path on the sample traffic and print a summary (starts a broker if needed)."""
+def demo(
+    plot: Annotated[Path, typer.Option(help="Where to write the latency plot (PNG).")] = Path(
+        "demo-latency.png"
+    ),
+    rate: Annotated[float, typer.Option(help="Sample events published per second.")] = 10.0,
+) -> None:
+    """Run the whole path on the sample traffic: summary table and latency plot (starts a
+    broker if needed)."""
     from splitpin.demo import run_demo
 
-    run_demo(_settings(), echo=typer.echo)
+    run_demo(_settings(), echo=typer.echo, plot_path=plot, rate=rate)
 
 
 @config_app.command("validate")

@@ -2,30 +2,83 @@
 
 Uses the broker at the configured bootstrap address if one answers, else starts the
 local one (and stops it afterwards). Fresh topics per run, so it can be repeated.
+
+The flow runs as it does in production: `splitpin run` in its own process, tailing its
+input. Once it is ready (its metrics endpoint answers, which happens after the
+classifier, the fleet and the tokenizers are loaded) the sample is published at a steady
+rate, and when every valid customer event has its final reply the flow is stopped. Every
+topic is then read back with its Kafka timestamps and summarised per route by
+`splitpin.report` (table on stdout, latency plot as a PNG).
+
+Why not `run_flow(tail=False)` in-process: publishing the sample first and draining it
+measures the backlog, not the flow. Every event waits behind the ones published before
+it, and at the end of input the answering step waits for all its calls in flight
+(`CallTable.drain`) and releases them together: most preliminary and final replies then
+carry the same timestamp, the end of the run.
 """
 
 from __future__ import annotations
 
-import statistics
+import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from schemas import DeadLetter, RoutingDecision, decode
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+
+from operators.ingest import RawRecord, parse_event
+from providers.registry import ANTHROPIC_KEY, OPENAI_BASE_URL, OPENAI_KEY, remote_settings
+from schemas import (
+    ConversationEvent,
+    CostRecord,
+    DeadLetter,
+    Reply,
+    RoutingDecision,
+    ValidationFailure,
+    decode,
+)
+from schemas.governance import GovernanceConfig
+from schemas.wire import M
+from splitpin.errors import SplitpinError
 from splitpin.kafka.admin import create_topics
 from splitpin.kafka.broker import LocalBroker
 from splitpin.kafka.reader import read_to_end
 from splitpin.replay import replay_file
-from splitpin.runner import run_flow
+from splitpin.report import DEFAULT_PLOT, Stamped, plot_latencies, render_table, summarize
 from splitpin.settings import REPO_ROOT, Settings
 
 SAMPLE = REPO_ROOT / "data" / "sample" / "events.jsonl"
 MALFORMED = REPO_ROOT / "data" / "sample" / "malformed.jsonl"
 
+SAMPLE_RATE = 10.0
+"""Events per second: the sample takes about a minute, well within what the local fleet
+answers on one worker, so the times measure the path rather than a queue."""
+READY_TIMEOUT_S = 120.0
+ANSWER_TIMEOUT_S = 180.0
+"""After the last event is published; then the flow is stopped and the check line says
+how many events are missing a final reply."""
+SETTLE_S = 1.0
+"""Records produced in the same sink batch as the last final reply may land just after it."""
 
-def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> None:
+
+def run_demo(
+    settings: Settings,
+    echo: Callable[[str], None] = print,
+    plot_path: Path = DEFAULT_PLOT,
+    rate: float = SAMPLE_RATE,
+) -> None:
+    """Broker, fresh topics, the flow, the sample at `rate` events/s, then the report.
+
+    `plot_path` is relative to the working directory unless absolute.
+    """
     broker = LocalBroker(settings.broker)
     started_broker = False
     if not broker.status().answering:
@@ -37,51 +90,205 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> None:
                 update={
                     "topic_prefix": f"demo-{int(time.time())}.",
                     "recovery_dir": Path(tmp) / "recovery",
-                    "metrics_port": 0,
+                    "metrics_port": _free_port(),
                 }
             )
             for line in create_topics(demo):
                 echo(line)
-            echo(replay_file(demo, SAMPLE).describe())
-            echo(replay_file(demo, MALFORMED).describe())
-            started = time.perf_counter()
-            run_flow(demo, tail=False)
-            echo(f"flow processed the input in {time.perf_counter() - started:.1f}s")
-            decisions = [
-                decode(RoutingDecision, m.value() or b"")
-                for m in read_to_end(demo.bootstrap_servers, demo.topic("decisions"))
-            ]
-            letters = [
-                decode(DeadLetter, m.value() or b"")
-                for m in read_to_end(demo.bootstrap_servers, demo.topic("dead_letter"))
-            ]
-            echo(summary_table(decisions, letters))
+            echo(describe_backends(demo.governance, os.environ))
+            log_path = Path(tmp) / "flow.log"
+            with _flow_process(demo, log_path) as flow:
+                started = time.monotonic()
+                _wait_until_ready(flow, demo.metrics_port, log_path)
+                echo(f"flow ready after {time.monotonic() - started:.1f}s (splitpin run, tailing)")
+                echo(replay_file(demo, SAMPLE, rate=rate).describe())
+                echo(replay_file(demo, MALFORMED).describe())
+                expected = {e.record.event_id for e in _valid_events(demo) if _customer(e)}
+                answered = _wait_for_finals(demo, expected, flow, log_path)
+                echo(
+                    f"final replies for {answered}/{len(expected)} valid customer events "
+                    f"{time.monotonic() - started:.1f}s after the flow started; stopping it"
+                )
+            echo(report(demo, plot_path))
     finally:
         if started_broker:
             echo(broker.stop())
 
 
-def summary_table(decisions: list[RoutingDecision], letters: list[DeadLetter]) -> str:
-    """Per route: decisions, channels, tiers and conversation size; then dead letters."""
-    by_role: dict[str, list[RoutingDecision]] = defaultdict(list)
-    for decision in decisions:
-        by_role[decision.role].append(decision)
-    header = f"{'route':<14}{'model':<28}{'events':>7}{'chat':>6}{'email':>6}"
-    header += f"{'trivial':>8}{'pinned':>7}{'cached':>7}{'refused':>8}{'tokens p50':>11}{'max':>7}"
-    lines = ["", "routing decisions", header, "-" * len(header)]
-    for role in sorted(by_role):
-        group = by_role[role]
-        sizes = [d.tokens.conversation for d in group]
-        channels = Counter(d.channel for d in group)
-        lines.append(
-            f"{role:<14}{group[0].model_version:<28}{len(group):>7}{channels['chat']:>6}"
-            f"{channels['email']:>6}{sum(d.tier == 'trivial' for d in group):>8}"
-            f"{sum(d.pinned for d in group):>7}{sum(d.cache_hit_of is not None for d in group):>7}"
-            f"{sum(d.action == 'refuse' for d in group):>8}"
-            f"{statistics.median(sizes):>11.0f}{max(sizes):>7}"
-        )
-    lines.append(f"{'total':<42}{len(decisions):>7}")
+def report(settings: Settings, plot_path: Path) -> str:
+    """Read every topic back with timestamps; the table, the dead letters, the plot's path."""
+
+    def read(name: str) -> list[Message]:
+        return read_to_end(settings.bootstrap_servers, settings.topic(name))
+
+    replies = [Stamped(decode(Reply, _value(m)), _timestamp_ms(m)) for m in read("replies")]
+    summary = summarize(
+        _valid_events(settings),
+        _decode_all(RoutingDecision, read("decisions")),
+        replies,
+        _decode_all(CostRecord, read("metrics")),
+        _decode_all(ValidationFailure, read("validation_failures")),
+    )
+    letters = _decode_all(DeadLetter, read("dead_letter"))
+    path = plot_latencies(summary, plot_path)
+
+    lines = ["", "replies per route (route = the routing decision's role)", render_table(summary)]
+    lines += [
+        "",
+        "times: the reply record's Kafka CreateTime minus the event record's, read back from",
+        "  the topics after the run (queueing, routing, model calls and the sink's produce;",
+        "  not the model latency alone).",
+        "escalated: events whose final reply has escalated=true (fast answer not trusted).",
+        "cost: CostRecords on routing.metrics, priced at each role's configured list prices.",
+        "val. failures: records on replies.validation-failures for the route's events.",
+    ]
     reasons = Counter(letter.reason for letter in letters)
     lines += ["", f"dead letters: {len(letters)}"]
     lines += [f"  {reason:<26}{count:>4}" for reason, count in sorted(reasons.items())]
+    lines += ["", f"latency plot written to {path.resolve()}"]
     return "\n".join(lines)
+
+
+def _valid_events(settings: Settings) -> list[Stamped[ConversationEvent]]:
+    """The input records the flow accepted, judged by the flow's own ingest.
+
+    The input topic holds the malformed sample too; re-running ingest on it (rather than
+    a looser decode) keeps "valid customer events" equal to what the flow routed.
+    """
+    events: list[Stamped[ConversationEvent]] = []
+    for message in read_to_end(settings.bootstrap_servers, settings.topic("events")):
+        parsed = parse_event(_raw(message), settings.max_event_bytes)
+        if isinstance(parsed, ConversationEvent):
+            events.append(Stamped(parsed, _timestamp_ms(message)))
+    return events
+
+
+def _customer(event: Stamped[ConversationEvent]) -> bool:
+    return event.record.role == "customer"
+
+
+@contextmanager
+def _flow_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m splitpin run` with exactly these settings, stopped (SIGINT) on exit.
+
+    Its own session, so the interrupt reaches the flow and not this process; SIGKILL
+    only if it has not stopped within 30 s.
+    """
+    with log_path.open("ab") as log:
+        flow = subprocess.Popen(
+            [sys.executable, "-m", "splitpin", "run"],
+            env=settings.child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield flow
+    finally:
+        if flow.poll() is None:
+            os.killpg(flow.pid, signal.SIGINT)
+            try:
+                flow.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(flow.pid, signal.SIGKILL)
+                flow.wait(timeout=30)
+
+
+def _wait_until_ready(flow: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """The metrics endpoint opens after the flow is built, right before it starts reading."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        _check_running(flow, log_path)
+        with suppress(OSError), urllib.request.urlopen(url, timeout=1):
+            return
+        time.sleep(0.2)
+    msg = f"the flow did not get ready within {READY_TIMEOUT_S:g}s; its log:\n{_tail(log_path)}"
+    raise SplitpinError(msg)
+
+
+def _wait_for_finals(
+    settings: Settings, expected: set[str], flow: subprocess.Popen[bytes], log_path: Path
+) -> int:
+    """Poll the replies topic until every expected event has a final reply (or time is up)."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    answered: set[str] = set()
+    while True:
+        _check_running(flow, log_path)
+        for message in read_to_end(settings.bootstrap_servers, settings.topic("replies")):
+            reply = decode(Reply, _value(message))
+            if reply.kind == "final":
+                answered.add(reply.reply_id)
+        if expected <= answered or time.monotonic() > deadline:
+            time.sleep(SETTLE_S)
+            return len(expected & answered)
+        time.sleep(1.0)
+
+
+def _check_running(flow: subprocess.Popen[bytes], log_path: Path) -> None:
+    code = flow.poll()
+    if code is not None:
+        msg = f"the flow exited early (status {code}); its log:\n{_tail(log_path)}"
+        raise SplitpinError(msg)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    """A port for the flow's metrics endpoint (its readiness signal) that nothing holds now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def describe_backends(governance: GovernanceConfig, env: Mapping[str, str]) -> str:
+    """One line naming what answers each role, so nobody mistakes the fleet for the APIs.
+
+    Uses the provider registry's own per-role rule (providers.mode, the role's provider
+    and the API keys in `env`), without building any client or loading the fleet.
+    """
+    answered_by: dict[str, list[str]] = {}
+    for name, role in governance.roles.items():
+        remote = remote_settings(name, role, env, governance.providers.mode)
+        backend = "local fleet" if remote is None else f"{role.provider} {role.pinned_id}"
+        answered_by.setdefault(backend, []).append(name)
+    if list(answered_by) == ["local fleet"]:
+        mode = governance.providers.mode
+        if mode != "auto":
+            why = f"providers.mode {mode}"
+        elif not any(env.get(key) for key in (ANTHROPIC_KEY, OPENAI_KEY, OPENAI_BASE_URL)):
+            why = f"no {ANTHROPIC_KEY} / {OPENAI_KEY} set"
+        else:
+            why = "no role's provider has its key"
+        emulated = ", emulated latency" if governance.providers.emulate else ""
+        return f"answering: local fleet for every role ({why}{emulated})"
+    parts = [f"{', '.join(roles)} -> {backend}" for backend, roles in answered_by.items()]
+    return "answering: " + "; ".join(parts)
+
+
+def _decode_all(model: type[M], messages: Iterable[Message]) -> list[M]:
+    return [decode(model, _value(message)) for message in messages]
+
+
+def _value(message: Message) -> bytes:
+    return message.value() or b""
+
+
+def _timestamp_ms(message: Message) -> int | None:
+    kind, ms = message.timestamp()
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(ms)
+
+
+def _raw(message: Message) -> RawRecord:
+    partition, offset = message.partition(), message.offset()
+    return RawRecord(
+        key=message.key(),
+        value=message.value(),
+        topic=message.topic() or "",
+        partition=partition if partition is not None else -1,
+        offset=offset if offset is not None else -1,
+        timestamp_ms=_timestamp_ms(message),
+    )
