@@ -168,7 +168,9 @@ class _CallLogic(StatefulLogic[I, W, bytes], Generic[I, J, S, O, W]):
             table.restore(resume)
 
     def on_item(self, value: I) -> tuple[list[W], bool]:
-        return self._table.add(value) + self._table.poll(), StatefulLogic.RETAIN
+        # No poll here: a burst would rescan the shard's calls once per item. Finished
+        # calls are collected on the next notification (at most one poll interval away).
+        return self._table.add(value), StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[list[W], bool]:
         return self._table.poll(), self._finished()

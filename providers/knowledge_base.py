@@ -18,7 +18,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +212,16 @@ def rank(scores: Sequence[float], doc_ids: Sequence[str]) -> list[int]:
 
 
 def _package_kb(name: str) -> tuple[bytes, str]:
+    """The packaged file, found next to this module.
+
+    Not importlib.resources: in an editable install made before `providers` became a
+    regular package, it resolves as a namespace package whose path includes the
+    installer's hook, and `resources.files("providers")` fails on Python 3.11.
+    """
+    path = Path(__file__).resolve().parent / KB_DIR / f"{name}.jsonl"
     origin = f"{KB_PACKAGE}/{KB_DIR}/{name}.jsonl"
     try:
-        return resources.files(KB_PACKAGE).joinpath(KB_DIR, f"{name}.jsonl").read_bytes(), origin
+        return path.read_bytes(), origin
     except OSError as exc:
         msg = f"cannot read knowledge base {origin}: {exc}"
         raise ConfigError(msg) from exc

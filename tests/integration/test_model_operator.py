@@ -1,9 +1,10 @@
 """The model operator on the real broker: calls overlap within the limit, never stall the
 stream, and survive a SIGKILL.
 
-Every role is pointed (through the OpenAI-compatible provider and its real SDK client) at
-the fake model API in this process, which answers after a delay and records how many
-requests it holds at once. No assertion is on elapsed time: only on counts and order.
+Every role is pointed, through its configured provider's real SDK client (Anthropic for
+the Claude roles, OpenAI-compatible for the others), at the fake model API in this
+process, which answers after a delay and records how many requests it holds at once.
+No assertion is on elapsed time: only on counts and order.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def api() -> Iterator[ModelApiServer]:
         yield server
 
 
-def remote_governance(tmp_path: Path, base_url: str, max_in_flight: int) -> Path:
-    """config/governance.yaml with every role answered by the OpenAI-compatible endpoint."""
+KEYS = {"OPENAI_API_KEY": "test-key", "ANTHROPIC_API_KEY": "test-key"}
+
+
+def remote_governance(tmp_path: Path, api: ModelApiServer, max_in_flight: int) -> Path:
+    """config/governance.yaml with every role answered by the fake API, over its own SDK."""
     config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
     for role in config["roles"].values():
-        role.update(provider="openai", base_url=base_url, timeout_s=30, retry_budget=1)
+        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
+        role.update(base_url=url, timeout_s=30, retry_budget=1)
     config["providers"] = {"mode": "remote", "max_in_flight": max_in_flight}
     path = tmp_path / "governance.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -87,11 +92,9 @@ def test_calls_overlap_within_the_limit_and_decisions_keep_flowing(
     topic_settings: Any, tmp_path: Path, api: ModelApiServer
 ) -> None:
     api.default = grounded(delay_s=0.2)
-    governance = remote_governance(tmp_path, api.openai_url, LIMIT)
+    governance = remote_governance(tmp_path, api, LIMIT)
     settings: Settings = topic_settings(partitions=3, governance_path=governance)
-    with running_flow(
-        settings, tmp_path / "recovery", tmp_path / "flow.log", OPENAI_API_KEY="test-key"
-    ) as flow:
+    with running_flow(settings, tmp_path / "recovery", tmp_path / "flow.log", **KEYS) as flow:
         ids = publish(settings, 40)
         replies = read_until(
             settings.bootstrap_servers, settings.topic("replies"), finals_cover(ids), 180
@@ -100,6 +103,9 @@ def test_calls_overlap_within_the_limit_and_decisions_keep_flowing(
     decisions = read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
 
     print(f"requests: {api.count()}, most held at once: {api.most_held} (limit {LIMIT})")
+    # Short chat questions are answered by fast and verifier: both Claude roles, so every
+    # request went over the Anthropic wire protocol (OpenAI's is covered elsewhere).
+    assert {r.path for r in api.requests} == {"/v1/messages"}
     assert api.most_held == LIMIT, "calls overlap up to the limit and never beyond it"
     assert {decode(RoutingDecision, m.value()).event_id for m in decisions} == set(ids)
     # Order, not time: when the last decision came out, most answers were still pending.
@@ -114,10 +120,10 @@ def test_calls_in_flight_at_a_crash_get_their_results_after_restart(
     topic_settings: Any, tmp_path: Path, api: ModelApiServer
 ) -> None:
     api.default = grounded(delay_s=1.5)
-    governance = remote_governance(tmp_path, api.openai_url, LIMIT)
+    governance = remote_governance(tmp_path, api, LIMIT)
     settings: Settings = topic_settings(partitions=3, governance_path=governance)
     recovery, log = tmp_path / "recovery", tmp_path / "flow.log"
-    first = start_flow(settings, recovery, log, OPENAI_API_KEY="test-key")
+    first = start_flow(settings, recovery, log, **KEYS)
     ids = publish(settings, 12)
     read_until(
         settings.bootstrap_servers,
@@ -135,7 +141,7 @@ def test_calls_in_flight_at_a_crash_get_their_results_after_restart(
     assert len(answered_before) < len(ids), "the kill must land while calls are in flight"
 
     api.default = grounded(delay_s=0.05)
-    with running_flow(settings, recovery, log, OPENAI_API_KEY="test-key") as second:
+    with running_flow(settings, recovery, log, **KEYS) as second:
         replies = read_until(
             settings.bootstrap_servers, settings.topic("replies"), finals_cover(ids), 120
         )

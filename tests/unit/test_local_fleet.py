@@ -225,17 +225,21 @@ def test_usage_counts_prompt_and_answer_in_the_role_tokenizer(fleet: LocalFleet)
 def test_the_verifier_corrects_a_wrong_fast_answer_from_the_same_sources(
     fleet: LocalFleet,
 ) -> None:
-    # The fast responder's nearest article here is not the gold one; the trained head is sure.
-    question = "I still have not received my new card, how long does delivery take?"
+    # A fixture question whose nearest article by embedding is the wrong one
+    # (exchange_via_app); the trained intent head knows it is about the rate.
+    question = "What method do you use for the exchange rate?"
     sources = fleet.retriever.retrieve("banking77", question, TOP_K)
+    gold = doc_for(fleet, "exchange_rate")
+    assert gold in {s.doc_id for s in sources}
     fast = ask(fleet, "fast", question, sources=sources)
+    assert fast.citations[0].doc_id != gold
     verified = ask(fleet, "verifier", question, sources=sources, candidates=(as_candidate(fast),))
-    assert verified.citations[0].doc_id in {s.doc_id for s in sources}
-    article = fleet.bases["banking77"].article(verified.citations[0].doc_id)
+    assert verified.citations[0].doc_id == gold
+    article = fleet.bases["banking77"].article(gold)
     assert article is not None
     assert verified.text == f"{article.title} {article.answer}"  # says what it answers
     assert verified.model_version.startswith("local-verifier@")
-    assert verified.confidence > 0.5
+    assert verified.confidence > fast.confidence
 
 
 def test_the_verifier_never_cites_a_document_that_was_not_attached(fleet: LocalFleet) -> None:
