@@ -32,7 +32,9 @@ FloatArray = npt.NDArray[np.float32]
 
 KB_PACKAGE = "providers"
 KB_DIR = "kb"
-DEFAULT_KBS: tuple[str, ...] = ("banking77", "abcd")
+DEFAULT_KBS: tuple[str, ...] = ("banking77", "abcd", "smalltalk")
+SMALL_TALK_KB = "smalltalk"
+"""Greetings, thanks and the like: what the fleet answers from when no source is attached."""
 RANK_DECIMALS = 6
 """Scores are rounded to this before ranking, so float noise never reorders near-ties."""
 SCORE_DECIMALS = 4

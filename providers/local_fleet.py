@@ -48,6 +48,7 @@ from providers.base import (
 )
 from providers.emulation import emulated_latency_ms
 from providers.knowledge_base import (
+    SMALL_TALK_KB,
     Article,
     KnowledgeBase,
     KnowledgeBases,
@@ -250,10 +251,14 @@ class LocalFleet:
         return kind(role_name, role_cfg, self)
 
     def options(self, request: ModelRequest, query: FloatArray) -> Options:
-        """The attached sources, or (none attached) the tenant's own top-k, never cited."""
+        """The attached sources, or (none attached: small talk, which the answering job sends
+        without retrieval) the small-talk articles, never cited; the tenant's own top-k when
+        that base is not loaded."""
         if request.sources:
             return Options(self._attached(request.sources), True, self._kb_of(request.sources))
-        kb_name = self.governance.knowledge.kb_for(request.tenant_id)
+        kb_name: str = self.governance.knowledge.kb_for(request.tenant_id)
+        if SMALL_TALK_KB in self.bases:
+            kb_name = SMALL_TALK_KB
         if kb_name not in self.bases:
             msg = f"no sources attached and knowledge base {kb_name!r} is not loaded"
             raise BadRequestError(msg, model=PROVIDER_NAME)

@@ -181,7 +181,19 @@ def test_packaged_knowledge_bases_match_the_intents_they_answer(
     assert {a.doc_id for a in banking.articles} == {f"InternalDoc-{n}" for n in range(1, 78)}
     assert len(abcd.articles) == 55
     assert all(int(a.doc_id.split("-")[1]) >= 201 and " / " in a.intent for a in abcd.articles)
-    assert sorted(packaged) == ["abcd", "banking77"]
+    assert sorted(packaged) == ["abcd", "banking77", "smalltalk"]
+    ids = [a.doc_id for kb in packaged.values() for a in kb.articles]
+    assert len(ids) == len(set(ids)), "doc ids are unique across every knowledge base"
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [("hi there", "greeting"), ("thanks a lot!", "thank_you"), ("ok great", "ok")],
+)
+def test_small_talk_finds_its_reply(packaged: KnowledgeBases, text: str, intent: str) -> None:
+    (top,) = Retriever(packaged).retrieve("smalltalk", text, 1)
+    article = packaged["smalltalk"].article(top.doc_id)
+    assert article is not None and article.intent == intent
 
 
 # --- Retrieval ------------------------------------------------------------------------
