@@ -31,7 +31,7 @@ from typing import Literal
 from operators.context_guard import fit_messages
 from operators.model_calls import CallFailed, JobStep
 from operators.validation import Violation, validate_answer
-from providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc
+from providers.base import CONFIRM, Candidate, Message, ModelRequest, ModelResult, SourceDoc
 from schemas.decisions import ModelRole, RoutingDecision
 from schemas.governance import GovernanceConfig
 from schemas.metrics import CostRecord
@@ -107,6 +107,8 @@ class AnswerJob:
     sources: tuple[SourceDoc, ...] | None = None
     preliminary: Reply | None = None
     preliminary_docs: tuple[str, ...] = ()
+    draft: ModelResult | None = None
+    """The routed role's answer, which a verifier may confirm rather than rewrite."""
     escalated: bool = False
     calls: int = 0
     tokens_in: int = 0
@@ -188,6 +190,7 @@ class AnswerPolicy:
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             emit += [final, *self._timing(job, final)]
             return Step(emit=emit, done=True)
+        job.draft = result
         confident = result.confidence >= replies.preliminary_min_confidence
         if decision.channel == "chat" and confident:
             job.preliminary = self._reply(
@@ -245,6 +248,11 @@ class AnswerPolicy:
                 )
                 return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
             return self._safe(job, replies.verifier_role, emit)
+        if result.text.strip() == CONFIRM and job.draft is not None:
+            # The verifier's tokens and version; the draft's words and citations.
+            result = result.model_copy(
+                update={"text": job.draft.text, "citations": job.draft.citations}
+            )
         pinned_needed = replies.verifier_role in replies.require_citation_roles
         violations = self._validate(job, result, require_citation=pinned_needed)
         if violations:

@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.decisions import ModelRole
 from schemas.replies import Citation
 
+CONFIRM = "CONFIRM"
+"""A verifier that finds the first draft answer correct replies exactly this, so a
+confirmation costs a few output tokens instead of a rewritten answer."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from operators.summarizer import HEADER, digest, summarize
 from providers.base import (
+    CONFIRM,
     BadRequestError,
     ContextOverflowError,
     ModelRequest,
@@ -426,6 +427,9 @@ class Verifier(LocalResponder):
             confidence = round(confidence * coverage, CONFIDENCE_DECIMALS)
         chosen = options.items[best]
         text = f"{headline(chosen.title)} {chosen.answer}"
+        first = request.candidates[0] if request.candidates else None
+        if first is not None and options.attached and chosen.doc_id in first.doc_ids:
+            text = CONFIRM  # agrees with the draft: say so instead of rewriting it
         return finish(options, best, text, confidence, self.fleet.version_tag(options.kb_name))
 
     def scores(

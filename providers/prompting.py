@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from providers.base import Message, ModelRequest, SourceDoc
+from providers.base import CONFIRM, Message, ModelRequest, SourceDoc
 from schemas.replies import Citation
 
 INSTRUCTIONS = (
@@ -60,8 +60,10 @@ def system_prompt(request: ModelRequest) -> str:
             for i, c in enumerate(request.candidates, start=1)
         )
         parts.append(
-            "Draft answers written earlier; check them against the sources and give the "
-            f"best corrected answer:\n{drafts}"
+            "Draft answers written earlier; check them against the sources. If draft 1 is "
+            f"correct and cites the right source, reply with exactly {CONFIRM} and nothing "
+            "else. Otherwise write the best corrected answer, ending with its References "
+            f"line:\n{drafts}"
         )
     return "\n\n".join(parts)
 

@@ -17,7 +17,7 @@ from operators.answering import (
     ReplyTiming,
 )
 from operators.model_calls import CallFailed
-from providers.base import Message, ModelRequest, ModelResult, SourceDoc, Usage
+from providers.base import CONFIRM, Message, ModelRequest, ModelResult, SourceDoc, Usage
 from schemas.decisions import RoutingDecision, TokenCounts
 from schemas.metrics import CostRecord
 from schemas.replies import Citation, Reply
@@ -269,3 +269,17 @@ def test_small_talk_is_final_from_the_fast_role_without_sources() -> None:
     assert called == ["primary"] and seen[0].sources == ()
     (only,) = replies(out)
     assert (only.kind, only.status, only.route) == ("final", "unverified", "fast")
+
+
+def test_a_confirming_verifier_keeps_the_draft_words_and_pays_for_few_tokens() -> None:
+    def script(spec: CallSpec) -> ModelResult:
+        result = answer(spec, "InternalDoc-11")
+        if spec.purpose == "verify":
+            usage = Usage(tokens_in=100, tokens_out=2)
+            return result.model_copy(update={"text": CONFIRM, "citations": (), "usage": usage})
+        return result
+
+    out, _ = drive(dispatch_of(), script)
+    first, final = replies(out)
+    assert (final.status, final.text, final.citations) == ("verified", first.text, first.citations)
+    assert final.model_version == "local-verifier@test" and CONFIRM not in final.text
