@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import splitpin.metrics  # noqa: F401  (registers splitpin's metrics)
 from splitpin.settings import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -171,3 +175,21 @@ def test_compose_file_paths_are_relative_to_the_repo() -> None:
             if source.startswith("."):
                 assert (REPO_ROOT / source).resolve().is_relative_to(REPO_ROOT)
                 assert (REPO_ROOT / source).exists(), source
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/splitpin.json").read_text())
+    queried = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bsplitpin_\w+", target["expr"])
+    }
+    exposed = {
+        sample.name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+        for family in REGISTRY.collect()
+        for sample in family.samples
+    } | {family.name + "_total" for family in REGISTRY.collect() if family.type == "counter"}
+    exposed |= {family.name for family in REGISTRY.collect()}
+    assert queried and queried <= exposed, sorted(queried - exposed)
