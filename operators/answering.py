@@ -114,6 +114,7 @@ class AnswerJob:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    emulated: bool = False
     tried: list[ModelRole] = field(default_factory=list)
 
 
@@ -403,6 +404,7 @@ class AnswerPolicy:
         job.tokens_in += result.usage.tokens_in
         job.tokens_out += result.usage.tokens_out
         job.cost_usd += cost
+        job.emulated |= result.provider == "local"
         return CostRecord(
             record_id=f"{decision.event_id}:{purpose}",
             event_id=decision.event_id,
@@ -477,6 +479,7 @@ class AnswerPolicy:
             supersedes=preliminary.revision if preliminary is not None else None,
             escalated=job.escalated,
             calls=job.calls,
+            emulated=job.emulated,
         )
 
     def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:

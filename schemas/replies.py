@@ -45,3 +45,8 @@ class Reply(WireModel):
         default=False, description="The fast pass was not trusted (low confidence or failed)."
     )
     calls: int = Field(default=1, ge=0, description="Model calls behind this revision.")
+    emulated: bool = Field(
+        default=False,
+        description="A call behind it was answered by the local fleet: its price (and, with "
+        "emulation on, its latency) imitates the configured model's.",
+    )
