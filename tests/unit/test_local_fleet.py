@@ -22,6 +22,7 @@ import pytest
 
 from operators.summarizer import HEADER
 from providers.base import (
+    CONFIRM,
     BadRequestError,
     Candidate,
     ContextOverflowError,
@@ -240,6 +241,16 @@ def test_the_verifier_corrects_a_wrong_fast_answer_from_the_same_sources(
     assert verified.text == f"{article.title} {article.answer}"  # says what it answers
     assert verified.model_version.startswith("local-verifier@")
     assert verified.confidence > fast.confidence
+
+
+def test_the_verifier_confirms_a_right_draft_in_one_word(fleet: LocalFleet) -> None:
+    question = "I ordered my card two weeks ago and it still hasn't arrived"
+    sources = fleet.retriever.retrieve("banking77", question, TOP_K)
+    fast = ask(fleet, "fast", question, sources=sources)
+    verified = ask(fleet, "verifier", question, sources=sources, candidates=(as_candidate(fast),))
+    assert verified.text == CONFIRM
+    assert verified.citations == fast.citations
+    assert verified.usage.tokens_out < fast.usage.tokens_out // 10
 
 
 def test_the_verifier_never_cites_a_document_that_was_not_attached(fleet: LocalFleet) -> None:
