@@ -75,6 +75,7 @@ class Outcome:
     first_reply_s: dict[str, float]
     routine: set[str]
     pinned: set[str]
+    chat: set[str]
     cost_by_conversation: dict[str, float]
     first_doc: dict[str, str | None]
     final_doc: dict[str, str | None]
@@ -116,6 +117,7 @@ def run_topology(name: str, governance: Path, classifier: Classifier) -> Outcome
     first: dict[str, float] = {}
     routine: set[str] = set()
     pinned: set[str] = set()
+    chat: set[str] = set()
     conversation_of: dict[str, str] = {}
     cost: dict[str, float] = defaultdict(float)
     first_doc: dict[str, str | None] = {}
@@ -127,6 +129,8 @@ def run_topology(name: str, governance: Path, classifier: Classifier) -> Outcome
             decided[decision.event_id] = at
             conversation_of[decision.event_id] = decision.conversation_id
             (pinned if decision.pinned else routine).add(decision.event_id)
+            if decision.channel == "chat":
+                chat.add(decision.event_id)
         elif topic == "conversations.replies":
             reply = decode(Reply, record.value)
             doc = reply.citations[0].doc_id if reply.citations else None
@@ -146,6 +150,7 @@ def run_topology(name: str, governance: Path, classifier: Classifier) -> Outcome
         first_reply_s={e: first[e] - decided[e] for e in first if e in decided},
         routine=routine,
         pinned=pinned,
+        chat=chat,
         cost_by_conversation=dict(by_conversation),
         first_doc=first_doc,
         final_doc=final_doc,
@@ -185,15 +190,25 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summarize(
-    outcome: Outcome, gold: dict[str, str], routine_ids: set[str], compliance_ids: set[str]
+    outcome: Outcome,
+    gold: dict[str, str],
+    routine_ids: set[str],
+    compliance_ids: set[str],
+    chat_ids: set[str],
 ) -> dict[str, float]:
     """Routine and compliance are the split policy's classes, applied to both topologies."""
     routine = [s for e, s in outcome.first_reply_s.items() if e in routine_ids]
+    chat = [s for e, s in outcome.first_reply_s.items() if e in routine_ids & chat_ids]
+    email = [s for e, s in outcome.first_reply_s.items() if e in routine_ids - chat_ids]
     answered = routine_ids | compliance_ids
     return {
         "routine_events": len(routine),
         "first_reply_p50_s": statistics.median(routine),
         "first_reply_p95_s": pct(routine, 0.95),
+        "chat_first_reply_p50_s": statistics.median(chat),
+        "chat_first_reply_p95_s": pct(chat, 0.95),
+        "email_first_reply_p50_s": statistics.median(email),
+        "email_first_reply_p95_s": pct(email, 0.95),
         "cost_per_conversation_usd": statistics.fmean(outcome.cost_by_conversation.values()),
         "accuracy_first_reply": accuracy(outcome.first_doc, gold, answered),
         "accuracy_final": accuracy(outcome.final_doc, gold, answered),
@@ -217,14 +232,19 @@ def main() -> None:
             print(f"running the {name} topology (emulated latency and prices) ...", file=sys.stderr)
             outcomes[name] = run_topology(name, governance_file(Path(tmp), single), classifier)
     routine_ids, compliance_ids = outcomes["split"].routine, outcomes["split"].pinned
+    chat_ids = outcomes["split"].chat
     results = {
-        name: summarize(outcome, gold, routine_ids, compliance_ids)
+        name: summarize(outcome, gold, routine_ids, compliance_ids, chat_ids)
         for name, outcome in outcomes.items()
     }
     split, single = results["split"], results["single"]
     ratios = {
         "first_reply_p50": split["first_reply_p50_s"] / single["first_reply_p50_s"],
         "first_reply_p95": split["first_reply_p95_s"] / single["first_reply_p95_s"],
+        "chat_first_reply_p50": split["chat_first_reply_p50_s"] / single["chat_first_reply_p50_s"],
+        "chat_first_reply_p95": split["chat_first_reply_p95_s"] / single["chat_first_reply_p95_s"],
+        "email_first_reply_p50": split["email_first_reply_p50_s"]
+        / single["email_first_reply_p50_s"],
         "cost_per_conversation": split["cost_per_conversation_usd"]
         / single["cost_per_conversation_usd"],
         "accuracy_final": split["accuracy_final"] / single["accuracy_final"],
@@ -236,6 +256,9 @@ def main() -> None:
     rows = [
         ("routine first reply p50 (s)", "first_reply_p50_s", "first_reply_p50"),
         ("routine first reply p95 (s)", "first_reply_p95_s", "first_reply_p95"),
+        ("  chat: first reply p50 (s)", "chat_first_reply_p50_s", "chat_first_reply_p50"),
+        ("  chat: first reply p95 (s)", "chat_first_reply_p95_s", "chat_first_reply_p95"),
+        ("  email: first reply p50 (s)", "email_first_reply_p50_s", "email_first_reply_p50"),
         ("cost per conversation (USD)", "cost_per_conversation_usd", "cost_per_conversation"),
         ("accuracy, final reply", "accuracy_final", "accuracy_final"),
         ("accuracy, compliance final", "accuracy_final_compliance", "accuracy_final_compliance"),

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from operators.context_guard import fit_messages
+from operators.context_guard import fit_messages, newest_fits
 from operators.model_calls import CallFailed, JobStep
 from operators.validation import Violation, validate_answer
 from providers.base import CONFIRM, Candidate, Message, ModelRequest, ModelResult, SourceDoc
@@ -37,8 +37,12 @@ from schemas.governance import GovernanceConfig
 from schemas.metrics import CostRecord
 from schemas.replies import Reply
 from schemas.validation import ValidationFailure
+from splitpin.tokens import count_tokens
 
 CallPurpose = Literal["primary", "pinned", "verify", "reroute"]
+
+DRAFT_OVERHEAD_TOKENS = 40
+"""A draft's framing in the verifier's prompt: its number, confidence and cited ids."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,24 @@ class AnswerPolicy:
             confidence=result.confidence,
             model_version=result.model_version,
         )
+        if not self._readable_by(verifier, job.dispatch, (candidate,)):
+            # The verifier's window cannot hold even the newest message (a long email that
+            # only the long-context role can read): its answer is final, marked unverified.
+            final = self._reply(job, "final", "unverified", result.text, result, result.role)
+            return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
         return Step(emit=emit, calls=[self._call(job, "verify", verifier, (candidate,))])
+
+    def _readable_by(
+        self, role: ModelRole, dispatch: Dispatch, candidates: tuple[Candidate, ...]
+    ) -> bool:
+        config = self.governance.roles[role]
+        reserved = self._drafts_tokens(candidates, config.tokenizer)
+        context = self.governance.context
+        return newest_fits(dispatch.messages, dispatch.summary, config, context, reserved)
+
+    @staticmethod
+    def _drafts_tokens(candidates: tuple[Candidate, ...], encoding: str) -> int:
+        return sum(count_tokens(c.text, encoding) + DRAFT_OVERHEAD_TOKENS for c in candidates)
 
     def _after_verify(
         self,
@@ -354,8 +375,11 @@ class AnswerPolicy:
         else:
             timeout = self._chain_deadline_s(role)
         messages = dispatch.messages
-        if role != decision.role:  # the guard planned the prompt for the routed role
-            messages = fit_messages(messages, dispatch.summary, config, self.governance.context)
+        if role != decision.role or candidates:  # the guard planned for the routed role alone
+            drafts = self._drafts_tokens(candidates, config.tokenizer)
+            messages = fit_messages(
+                messages, dispatch.summary, config, self.governance.context, reserved=drafts
+            )
         spec = CallSpec(
             purpose=purpose,
             request_id=f"{decision.event_id}:{purpose}",

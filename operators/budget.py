@@ -69,9 +69,12 @@ class BudgetGate:
         if routed.plan is None:
             return Verdict("refuse", None, 0.0, "context overflow: nothing dispatched")
 
+        verified = not routed.choice.pinned and (
+            routed.choice.tier != "trivial" or self.governance.replies.verify_trivial
+        )
+
         def cost(plan: PromptPlan) -> float:
-            role = self.governance.roles[plan.role]
-            return role.cost_usd(plan.prompt_tokens, budgets.expected_output_tokens)
+            return self.estimate(plan, verified=verified)
 
         allowed = tenant.allowed_roles
         chosen = routed.plan
@@ -101,6 +104,16 @@ class BudgetGate:
         if not chosen_allowed:
             why = f"{why}; {budget_note}"
         return Verdict("refuse", None, 0.0, f"{why}; no allowed role is affordable")
+
+    def estimate(self, plan: PromptPlan, *, verified: bool) -> float:
+        """The answer at the expected length, plus its verification when one follows."""
+        budgets = self.governance.budgets
+        role = self.governance.roles[plan.role]
+        estimate = role.cost_usd(plan.prompt_tokens, budgets.expected_output_tokens)
+        if verified:
+            verifier = self.governance.roles[self.governance.replies.verifier_role]
+            estimate += verifier.cost_usd(plan.prompt_tokens, budgets.expected_verify_output_tokens)
+        return estimate
 
     def reconcile(self, ledger: TenantLedger, record: CostRecord) -> None:
         """Actual usage replaces the reservation; further calls for the event add to it."""
@@ -232,13 +245,13 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
         if isinstance(value, CostRecord):
             self._gate.reconcile(self._ledger, value)
             metrics.BUDGET_RECONCILED.inc()
+            self._report_remaining(value.tenant_id)
             return [], StatefulLogic.RETAIN
         verdict = self._gate.admit(self._ledger, value)
         tenant_id = value.observation.event.tenant_id
         # Remaining budget depends on how tenants' events from different partitions
         # interleave, which a replay does not reproduce: a gauge, not a decision field.
-        limit = self._gate.governance.budgets.for_tenant(tenant_id).limit_usd
-        metrics.BUDGET_REMAINING.labels(tenant_id).set(limit - self._ledger.spent_usd)
+        self._report_remaining(tenant_id)
         out: list[BudgetOutput] = list(build_decision(value, verdict, self._gate.governance))
         decision = out[0]
         assert isinstance(decision, RoutingDecision)
@@ -247,6 +260,10 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
         if value.overflow is not None:
             metrics.OVERFLOWS_PREVENTED.inc()
         return out, StatefulLogic.RETAIN
+
+    def _report_remaining(self, tenant_id: str) -> None:
+        limit = self._gate.governance.budgets.for_tenant(tenant_id).limit_usd
+        metrics.BUDGET_REMAINING.labels(tenant_id).set(limit - self._ledger.spent_usd)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL)

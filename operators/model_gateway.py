@@ -14,6 +14,7 @@ from typing import Protocol
 from operators.answering import CallOutcome, CallSpec
 from providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
 from schemas.governance import GovernanceConfig
+from splitpin.tokens import count_tokens
 
 RECENT_USER_TURNS = 3
 """A follow-up ("and how long will that take?") is retrieved with its recent context too."""
@@ -80,4 +81,23 @@ class ModelGateway:
             self.retriever.retrieve(kb, query, knowledge.top_k)
             for query in retrieval_queries(spec.messages)
         ]
-        return merge_sources(rankings, knowledge.top_k)
+        context = self.governance.context
+        budget = min(context.sources_max_tokens, context.system_prompt_tokens)
+        encoding = self.governance.roles[spec.role].tokenizer
+        return within_budget(merge_sources(rankings, knowledge.top_k), budget, encoding)
+
+
+def within_budget(
+    sources: tuple[SourceDoc, ...], budget: int, encoding: str
+) -> tuple[SourceDoc, ...]:
+    """The best-ranked sources that fit the tokens the guard reserved for them, so the
+    prompt a provider receives is never larger than the one the guard counted."""
+    kept: list[SourceDoc] = []
+    used = 0
+    for doc in sources:
+        size = count_tokens(f"[{doc.doc_id}] {doc.title}: {doc.text}", encoding)
+        if used + size > budget:
+            break
+        kept.append(doc)
+        used += size
+    return tuple(kept)

@@ -135,10 +135,16 @@ class ContextConfig(_Frozen):
     """What the context-window guard counts besides the conversation itself."""
 
     system_prompt_tokens: int = Field(
-        default=600, ge=0, description="Reserved for the system prompt and retrieved sources."
+        default=900, ge=0, description="Reserved for the system prompt and retrieved sources."
     )
     summary_max_tokens: int = Field(
         default=512, gt=0, description="Budget for the compacted summary of older turns."
+    )
+    sources_max_tokens: int = Field(
+        default=640,
+        gt=0,
+        description="Retrieved sources attached to a request, at most; they are part of "
+        "system_prompt_tokens (never more than it), the rest is the instructions.",
     )
     fit_order: tuple[ModelRole, ...] = Field(
         default=("fast", "long_context"),
@@ -159,6 +165,12 @@ class BudgetConfig(_Frozen):
     tenants: dict[str, TenantBudget] = Field(default_factory=dict)
     expected_output_tokens: int = Field(
         default=400, gt=0, description="Output assumed when reserving, before actual usage."
+    )
+    expected_verify_output_tokens: int = Field(
+        default=50,
+        gt=0,
+        description="The verifier's output assumed when reserving (a confirmation is a word, "
+        "a correction a full answer).",
     )
 
     def for_tenant(self, tenant_id: str) -> TenantBudget:

@@ -276,15 +276,17 @@ class _Handler(BaseHTTPRequestHandler):
             match = re.search(r"\[(InternalDoc-\d+)\]", json.dumps(body))
             cited = f"\nReferences: 1) {match.group(1)}" if match else ""
             behaviour = replace(behaviour, text=behaviour.text + cited)
+        # Held from arrival until the answer starts: the client's call cannot end before
+        # that, so `most_held` never over-counts what the client had in flight.
         owner._hold(+1)
         try:
             if behaviour.delay_s and owner.stopping.wait(behaviour.delay_s):
                 return
-            # A client that gave up (timeout) has closed the socket: nothing left to answer.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self._respond(api, behaviour, body, serial)
         finally:
             owner._hold(-1)
+        # A client that gave up (timeout) has closed the socket: nothing left to answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._respond(api, behaviour, body, serial)
 
     # -- responses ---------------------------------------------------------------------
     def _respond(self, api: Api, b: Behaviour, body: dict[str, Any], serial: int) -> None:

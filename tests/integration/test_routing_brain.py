@@ -2,29 +2,37 @@
 
 Covers the issue's acceptance: compliance pinned, overflow prevented with nothing
 dispatched, budget refusal with a reason, cache hits on repeats, and usage reconciliation
-arriving on routing.metrics.
+from the flow's own cost records on routing.metrics.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import CostRecord, RoutingDecision, ValidationFailure, decode, encode
+from schemas import CostRecord, RoutingDecision, ValidationFailure, decode
+from schemas.replies import Reply
 from splitpin.kafka.producer import CheckedProducer
+from splitpin.kafka.reader import read_to_end
 from splitpin.settings import REPO_ROOT, Settings
 from splitpin.tokens import count_tokens
 from tests.factories import event_dict
 from tests.flow_process import running_flow
-from tests.kafka_helpers import read_until
+from tests.kafka_helpers import free_ports, read_until
 
 pytestmark = pytest.mark.integration
 
 INCIDENT_TOKENS = 131_072
+THRIFTY_LIMIT = 0.015
+"""Enough for two of the thrifty tenant's requests (answer and verification reserved)."""
 
 
 def _governance(tmp_path: Path) -> Path:
@@ -35,10 +43,20 @@ def _governance(tmp_path: Path) -> Path:
         data["roles"][role].update(context_window=16_384, max_output_tokens=2_048)
     data["roles"]["long_context"].update(context_window=65_536, max_output_tokens=4_096)
     data["roles"]["summarizer"].update(context_window=65_536, max_output_tokens=4_096)
-    data["budgets"]["tenants"]["thrifty"] = {"limit_usd": 0.004}
+    data["budgets"]["tenants"]["thrifty"] = {"limit_usd": THRIFTY_LIMIT}
     path = tmp_path / "governance.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _gauge(port: int, name: str, **labels: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
 
 
 def _text_of(tokens: int) -> str:
@@ -90,6 +108,8 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
         "SPLITPIN_GOVERNANCE_PATH": str(_governance(tmp_path)),
         "SPLITPIN_MAX_EVENT_BYTES": str(2 * 1024 * 1024),
     }
+    (metrics_port,) = free_ports(1)
+    env["SPLITPIN_METRICS_PORT"] = str(metrics_port)
     with running_flow(settings, tmp_path / "recovery", tmp_path / "flow.log", **env) as flow:
         got = read_until(
             settings.bootstrap_servers,
@@ -97,39 +117,34 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
             lambda records: len(records) >= len(events),
             120,
         )
-        # Actual usage for the thrifty request that was dispatched (which one depends on
-        # partition order) arrives on routing.metrics and replaces its reservation.
+        # The flow answers the thrifty requests it dispatched and reports each call's
+        # actual cost on routing.metrics, which it reads back to reconcile the budget.
         first_pass = [decode(RoutingDecision, m.value()) for m in got]
-        dispatched = next(
-            d for d in first_pass if d.tenant_id == "thrifty" and d.action == "dispatch"
-        )
-        record = CostRecord(
-            record_id=f"{dispatched.event_id}:0",
-            event_id=dispatched.event_id,
-            tenant_id="thrifty",
-            role=dispatched.role,
-            model=dispatched.model,
-            model_version=dispatched.model_version,
-            tokens_in=1,
-            tokens_out=1,
-            cost_usd=0.0,
-            latency_ms=1.0,
-            occurred_at=dispatched.sent_at,
-        )
-        producer.produce(settings.topic("metrics"), encode(record), b"thrifty")
-        producer.flush(15)
-        # The report and the next event travel on different topics, so nothing orders them;
-        # give the flow (which polls every few ms) time to apply the report first.
-        time.sleep(3)
-        late = event_dict("thr-late", "c-thr-late", text="what is my balance", tenant_id="thrifty")
-        producer.produce(settings.topic("events"), orjson.dumps(late), b"c-thr-late")
-        producer.flush(15)
-        got = read_until(
-            settings.bootstrap_servers,
-            settings.topic("decisions"),
-            lambda records: len(records) >= len(events) + 1,
-            60,
-        )
+        dispatched = {
+            d.event_id: d for d in first_pass if d.tenant_id == "thrifty" and d.action == "dispatch"
+        }
+
+        def answered(records: list[Any]) -> bool:
+            finals = {decode(Reply, m.value()) for m in records}
+            return {r.reply_id for r in finals if r.kind == "final"} >= set(dispatched)
+
+        read_until(settings.bootstrap_servers, settings.topic("replies"), answered, 60)
+        costs = [
+            record
+            for record in (
+                decode(CostRecord, m.value())
+                for m in read_to_end(settings.bootstrap_servers, settings.topic("metrics"))
+            )
+            if record.tenant_id == "thrifty"
+        ]
+        actual = math.fsum(c.cost_usd for c in costs)
+        remaining = None
+        deadline = time.monotonic() + 30  # a guard against hanging, not a measurement
+        while time.monotonic() < deadline:
+            remaining = _gauge(metrics_port, "splitpin_budget_remaining_usd", tenant="thrifty")
+            if remaining is not None and math.isclose(remaining, THRIFTY_LIMIT - actual):
+                break
+            time.sleep(0.2)
         failures = read_until(
             settings.bootstrap_servers,
             settings.topic("validation_failures"),
@@ -139,7 +154,7 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
         assert flow.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
 
     decisions = {d.event_id: d for d in (decode(RoutingDecision, m.value()) for m in got)}
-    assert len(decisions) == len(events) + 1
+    assert len(decisions) == len(events)
 
     # compliance pinned, by intent and by tag
     assert decisions["cmp-0"].role == "compliance" and decisions["cmp-0"].pinned
@@ -167,8 +182,13 @@ def test_routing_brain_on_the_broker(topic_settings, tmp_path: Path) -> None:  #
     assert refused and all(
         any(r.startswith("budget: thrifty has $") for r in d.reasons) for d in refused
     )
-    assert sum(d.estimated_cost_usd for d in thrifty if d.action == "dispatch") <= 0.004
-    assert decisions["thr-late"].action == "dispatch"
+    reserved = sum(d.estimated_cost_usd for d in thrifty if d.action == "dispatch")
+    assert reserved <= THRIFTY_LIMIT
+    # Reconciliation: the gauge shows the limit minus the actual cost of every call made
+    # (the answer and its verification), which was less than the reservation.
+    assert {c.event_id for c in costs} == set(dispatched)
+    assert remaining is not None and math.isclose(remaining, THRIFTY_LIMIT - actual)
+    assert 0 < actual < reserved
 
     # every decision carries the features and reasons that produced it
     assert all(d.reasons and "intent" in d.features for d in decisions.values())

@@ -43,9 +43,9 @@ def test_over_budget_downgrades_to_the_cheapest_role_that_fits() -> None:
     conversation = Conversation(gov)
     plan = conversation.say("statement line " * 1500)  # extended -> long_context
     assert plan is not None and plan.plan is not None and plan.alternatives
-    long_cost = gov.roles["long_context"].cost_usd(plan.plan.prompt_tokens, 400)
+    long_cost = gate.estimate(plan.plan, verified=True)
     fast = next(p for p in plan.alternatives if p.role == "fast")
-    fast_cost = gov.roles["fast"].cost_usd(fast.prompt_tokens, 400)
+    fast_cost = gate.estimate(fast, verified=True)
     assert fast_cost < long_cost
     ledger = TenantLedger()
     gate.admit(ledger, Conversation(gov, "warm").say("hi"))  # opens the window
@@ -107,14 +107,28 @@ def test_reconciliation_replaces_the_estimate_with_actual_usage() -> None:
 
 
 def test_a_new_window_starts_from_zero() -> None:
-    gov, gate = _gate(0.005)
+    gov, gate = _gate(0.01)
     ledger = TenantLedger()
     conversation = Conversation(gov)
     first = gate.admit(ledger, conversation.say("question", at_s=0))  # type: ignore[arg-type]
-    ledger.spent_usd = 0.005
+    ledger.spent_usd = 0.01
     assert gate.admit(ledger, conversation.say("another", at_s=60)).action == "refuse"  # type: ignore[arg-type]
     next_hour = gate.admit(ledger, conversation.say("third", at_s=3600))  # type: ignore[arg-type]
     assert first.action == next_hour.action == "allow"
+
+
+def test_the_reservation_covers_the_verification_that_follows() -> None:
+    gov, gate = _gate(1.0)
+    routed = Conversation(gov).say("where is my card")
+    assert routed is not None and routed.plan is not None
+    answer_only = gov.roles["fast"].cost_usd(routed.plan.prompt_tokens, 400)
+    verdict = gate.admit(TenantLedger(), routed)
+    assert verdict.cost_usd == gate.estimate(routed.plan, verified=True) > answer_only
+    small_talk = Conversation(gov, "c-2").say("hi", classification(trivial=True))
+    assert small_talk is not None and small_talk.plan is not None
+    assert small_talk.choice.tier == "trivial"
+    trivial = gate.admit(TenantLedger(), small_talk)
+    assert trivial.cost_usd == gate.estimate(small_talk.plan, verified=False)
 
 
 def test_overflow_becomes_a_refusal_and_a_context_overflow_failure() -> None:
