@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,12 @@ class StampedList(list[OutRecord]):
     def __init__(self) -> None:
         super().__init__()
         self.times: list[float] = []
+        self.finals: set[str] = set()
 
     def append(self, item: OutRecord) -> None:
         self.times.append(time.time())
+        if item.topic.endswith("conversations.replies") and b'"kind":"final"' in item.value:
+            self.finals.add(decode(Reply, item.value).reply_id)
         super().append(item)
 
     def __iadd__(self, items: Any) -> StampedList:  # TestingSink writes batches with +=
@@ -102,10 +107,20 @@ def run_topology(name: str, governance: Path, classifier: Classifier) -> Outcome
         RawRecord(key=None, value=line.encode(), topic="events", partition=0, offset=n)
         for n, line in enumerate(lines)
     ]
+    customers = sum(1 for line in lines if orjson.loads(line)["role"] == "customer")
     out = StampedList()
+
+    def feed() -> Iterator[RawRecord | TestingSource.PAUSE]:
+        """The sample, then no end of input until every customer event has its final
+        reply: at end of input the answering step drains its calls in one activation,
+        which would stamp every outstanding reply with the drain's end."""
+        yield from records
+        while len(out.finals) < customers:
+            yield TestingSource.PAUSE(timedelta(milliseconds=20))
+
     flow = build_flow(
         settings,
-        inputs=FlowInputs(TestingSource(records)),
+        inputs=FlowInputs(TestingSource(feed())),
         sink=TestingSink(out),
         classifier=classifier,
     )
