@@ -184,14 +184,25 @@ class AnswerPolicy:
         replies = self.governance.replies
         decision = job.dispatch.decision
         verifier = replies.verifier_role
+        tenant = self.governance.budgets.for_tenant(decision.tenant_id)
         if result is None:
+            if not tenant.allows(verifier):
+                error, detail = _failure_of(outcome)
+                model = _model_of(outcome)
+                emit.append(
+                    self._failure(job, "primary", "model-call", error, detail, model, "replaced")
+                )
+                return self._safe(job, decision.role, emit)
             job.escalated = True
             emit.append(Escalation(decision.role, verifier, "failed"))
             return Step(emit=emit, calls=[self._call(job, "verify", verifier)])
         violations = self._validate(job, result, require_citation=False)
         if violations:
             return self._reroute(job, "primary", result, violations, emit)
-        if decision.tier == "trivial" and not replies.verify_trivial:
+        unverified = (decision.tier == "trivial" and not replies.verify_trivial) or not (
+            tenant.allows(verifier)
+        )
+        if unverified:  # small talk, or a tenant whose budget excludes the verifier
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             emit += [final, *self._timing(job, final)]
             return Step(emit=emit, done=True)
@@ -324,7 +335,8 @@ class AnswerPolicy:
         emit: list[AnswerOutput],
     ) -> Step:
         target = self.governance.replies.reroute_role
-        can_reroute = target not in job.tried
+        tenant = self.governance.budgets.for_tenant(job.dispatch.decision.tenant_id)
+        can_reroute = target not in job.tried and tenant.allows(target)
         action: Literal["rerouted", "replaced"] = "rerouted" if can_reroute else "replaced"
         for violation in violations:
             emit.append(

@@ -69,8 +69,11 @@ class BudgetGate:
         if routed.plan is None:
             return Verdict("refuse", None, 0.0, "context overflow: nothing dispatched")
 
-        verified = not routed.choice.pinned and (
-            routed.choice.tier != "trivial" or self.governance.replies.verify_trivial
+        replies = self.governance.replies
+        verified = (
+            not routed.choice.pinned
+            and (routed.choice.tier != "trivial" or replies.verify_trivial)
+            and tenant.allows(replies.verifier_role)
         )
 
         def cost(plan: PromptPlan) -> float:

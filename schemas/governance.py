@@ -158,6 +158,9 @@ class TenantBudget(_Frozen):
         default=None, description="Roles this tenant may use; None means all."
     )
 
+    def allows(self, role: ModelRole) -> bool:
+        return self.allowed_roles is None or role in self.allowed_roles
+
 
 class BudgetConfig(_Frozen):
     window_s: float = Field(default=3600.0, gt=0, description="Budget window, in event time.")

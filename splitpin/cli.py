@@ -174,6 +174,8 @@ def _configure_logging() -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("splitpin.kafka.librdkafka").setLevel(logging.ERROR)
+    # Which backend answers each model role is worth a line at every start.
+    logging.getLogger("providers.setup").setLevel(logging.INFO)
 
 
 def main() -> None:

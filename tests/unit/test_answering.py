@@ -283,3 +283,13 @@ def test_a_confirming_verifier_keeps_the_draft_words_and_pays_for_few_tokens() -
     first, final = replies(out)
     assert (final.status, final.text, final.citations) == ("verified", first.text, first.citations)
     assert final.model_version == "local-verifier@test" and CONFIRM not in final.text
+
+
+def test_a_tenant_whose_budget_excludes_the_verifier_gets_the_fast_answer_unverified() -> None:
+    out, called = drive(
+        dispatch_of(tenant_id="shopco", channel="email"), lambda s: answer(s, "InternalDoc-11")
+    )
+    assert "verifier" not in (GOV.budgets.for_tenant("shopco").allowed_roles or ())
+    assert called == ["primary"]
+    (only,) = replies(out)
+    assert (only.kind, only.status, only.route) == ("final", "unverified", "fast")
