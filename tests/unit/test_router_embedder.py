@@ -14,6 +14,7 @@ import pytest
 
 from schemas.governance import ClassifierConfig, RoutingConfig
 from splitpin.errors import ConfigError
+from splitpin.router import embedder as embedder_module
 from splitpin.router.classifier import Classifier
 from splitpin.router.embedder import (
     EMBEDDING_DIM,
@@ -46,7 +47,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder.load(max_seq_tokens=128, intra_op_threads=1)
+    """Without the memo: these tests are about what the model computes."""
+    return Embedder.load(max_seq_tokens=128, intra_op_threads=1, memo_size=0)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +95,30 @@ def test_embedding_is_bit_identical_in_any_batch(
 
 
 def test_embedding_is_bit_identical_with_two_threads(alone: np.ndarray) -> None:
-    two = Embedder.load(max_seq_tokens=128, intra_op_threads=2)
+    two = Embedder.load(max_seq_tokens=128, intra_op_threads=2, memo_size=0)
     assert np.array_equal(two.embed(TEXTS), alone)
 
 
-def test_classification_is_identical_in_any_batch() -> None:
+def test_the_memo_returns_what_computing_again_would(
+    alone: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memo = Embedder.load(max_seq_tokens=128, intra_op_threads=1, memo_size=4)
+    runs: list[int] = []
+    compute = memo._run
+    monkeypatch.setattr(memo, "_run", lambda ids: runs.append(len(ids)) or compute(ids))
+    first = memo.embed(TEXTS[:3])
+    assert sum(runs) == 3
+    again = memo.embed([TEXTS[2], TEXTS[0], TEXTS[3]])  # two remembered, one new
+    assert sum(runs) == 4
+    assert np.array_equal(again, alone[[2, 0, 3]]) and np.array_equal(first, alone[:3])
+    memo.embed(TEXTS[4:7])  # capacity 4: the oldest are forgotten and computed again
+    memo.embed(TEXTS[:1])
+    assert sum(runs) == 8
+
+
+def test_classification_is_identical_in_any_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the embedding memo, or every batch after the first would be remembered rows.
+    monkeypatch.setattr(embedder_module, "MEMO_SIZE", 0)
     classifier = Classifier.load(ClassifierConfig(), RoutingConfig())
     single = [classifier.classify(t) for t in TEXTS]
     assert classifier.classify_batch(TEXTS) == single
