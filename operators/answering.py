@@ -311,18 +311,7 @@ class AnswerPolicy:
             return self._safe(job, role, emit)
         violations = self._validate(job, result, require_citation=True)
         if violations:
-            for violation in violations:
-                emit.append(
-                    self._failure(
-                        job,
-                        purpose,
-                        violation.check,
-                        violation.error,
-                        violation.detail,
-                        result.model_version,
-                        "replaced",
-                    )
-                )
+            emit += self._violations(job, purpose, violations, result, "replaced")
             return self._safe(job, result.role, emit)
         return self._final(job, result, emit)
 
@@ -338,18 +327,7 @@ class AnswerPolicy:
         tenant = self.governance.budgets.for_tenant(job.dispatch.decision.tenant_id)
         can_reroute = target not in job.tried and tenant.allows(target)
         action: Literal["rerouted", "replaced"] = "rerouted" if can_reroute else "replaced"
-        for violation in violations:
-            emit.append(
-                self._failure(
-                    job,
-                    purpose,
-                    violation.check,
-                    violation.error,
-                    violation.detail,
-                    result.model_version,
-                    action,
-                )
-            )
+        emit += self._violations(job, purpose, violations, result, action)
         if not can_reroute:
             return self._safe(job, result.role, emit)
         job.escalated = True
@@ -456,6 +434,19 @@ class AnswerPolicy:
             emulated=result.provider == "local",
             occurred_at=decision.sent_at,
         )
+
+    def _violations(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        violations: list[Violation],
+        result: ModelResult,
+        action: Literal["rerouted", "replaced"],
+    ) -> list[AnswerOutput]:
+        return [
+            self._failure(job, purpose, v.check, v.error, v.detail, result.model_version, action)
+            for v in violations
+        ]
 
     def _failure(
         self,

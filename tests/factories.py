@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from operators.ingest import RawRecord
+from schemas.decisions import RoutingDecision, TokenCounts
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -48,3 +49,28 @@ def raw(data: dict[str, Any] | bytes, *, offset: int = 0, key: bytes | None = No
     else:
         value = data
     return RawRecord(key=key, value=value, topic="events", partition=0, offset=offset)
+
+
+def decision(event_id: str = "e-1", **overrides: Any) -> RoutingDecision:
+    """A dispatched fast-role decision for `event_id` (conversation `c-<event_id>`)."""
+    fields: dict[str, Any] = {
+        "decision_id": event_id,
+        "event_id": event_id,
+        "conversation_id": f"c-{event_id}",
+        "tenant_id": "acme-bank",
+        "channel": "chat",
+        "sent_at": T0,
+        "session_id": f"c-{event_id}:{event_id}",
+        "turn_index": 0,
+        "action": "dispatch",
+        "tier": "bounded",
+        "role": "fast",
+        "model": "claude-3-5-haiku",
+        "model_version": "claude-3-5-haiku-20241022",
+        "reasons": ("test",),
+        "tokens": TokenCounts(
+            encoding="cl100k_base", turn=8, conversation=8, window=8, compacted=0
+        ),
+    }
+    fields.update(overrides)
+    return RoutingDecision(**fields)

@@ -18,11 +18,10 @@ from operators.answering import (
 )
 from operators.model_calls import CallFailed
 from providers.base import CONFIRM, Message, ModelRequest, ModelResult, SourceDoc, Usage
-from schemas.decisions import RoutingDecision, TokenCounts
 from schemas.metrics import CostRecord
 from schemas.replies import Citation, Reply
 from schemas.validation import ValidationFailure
-from tests.factories import T0
+from tests.factories import T0, decision
 from tests.routing_helpers import governance
 
 GOV = governance()
@@ -36,30 +35,6 @@ SOURCES = tuple(
     )
     for n in (11, 12, 13)
 )
-
-
-def decision(**overrides: Any) -> RoutingDecision:
-    fields: dict[str, Any] = {
-        "decision_id": "e-1",
-        "event_id": "e-1",
-        "conversation_id": "c-1",
-        "tenant_id": "acme-bank",
-        "channel": "chat",
-        "sent_at": T0,
-        "session_id": "c-1:e-1",
-        "turn_index": 0,
-        "action": "dispatch",
-        "tier": "bounded",
-        "role": "fast",
-        "model": "claude-3-5-haiku",
-        "model_version": "claude-3-5-haiku-20241022",
-        "reasons": ("test",),
-        "tokens": TokenCounts(
-            encoding="cl100k_base", turn=8, conversation=8, window=8, compacted=0
-        ),
-    }
-    fields.update(overrides)
-    return RoutingDecision(**fields)
 
 
 def answer(spec: CallSpec, doc: str | None, confidence: float = 0.9) -> ModelResult:
@@ -123,7 +98,7 @@ async def _unused(spec: CallSpec) -> CallOutcome:
 
 def dispatch_of(**overrides: Any) -> Dispatch:
     messages = (Message(role="user", content="my card has not arrived"),)
-    return Dispatch(decision(**overrides), messages, "", dispatched_at=T0.timestamp() + 1.0)
+    return Dispatch(decision("e-1", **overrides), messages, "", dispatched_at=T0.timestamp() + 1.0)
 
 
 def replies(out: list[AnswerOutput]) -> list[Reply]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 
-from schemas.decisions import RoutingDecision, TokenCounts
 from schemas.events import ConversationEvent
 from schemas.metrics import CostRecord
 from schemas.replies import Reply
@@ -23,7 +22,7 @@ from splitpin.report import (
     route_label,
     summarize,
 )
-from tests.factories import T0
+from tests.factories import T0, decision
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,30 +40,6 @@ def event(
         sent_at=T0,
     )
     return Stamped(record, at_ms)
-
-
-def decision(event_id: str, **overrides: Any) -> RoutingDecision:
-    fields: dict[str, Any] = {
-        "decision_id": event_id,
-        "event_id": event_id,
-        "conversation_id": f"c-{event_id}",
-        "tenant_id": "acme-bank",
-        "channel": "chat",
-        "sent_at": T0,
-        "session_id": f"c-{event_id}:{event_id}",
-        "turn_index": 0,
-        "action": "dispatch",
-        "tier": "bounded",
-        "role": "fast",
-        "model": "claude-3-5-haiku",
-        "model_version": "claude-3-5-haiku-20241022",
-        "reasons": ("test",),
-        "tokens": TokenCounts(
-            encoding="cl100k_base", turn=8, conversation=8, window=8, compacted=0
-        ),
-    }
-    fields.update(overrides)
-    return RoutingDecision(**fields)
 
 
 def reply(
