@@ -20,16 +20,14 @@ carry the same timestamp, the end of the run.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -48,6 +46,7 @@ from schemas import (
 from schemas.governance import GovernanceConfig
 from schemas.wire import M
 from splitpin.errors import SplitpinError
+from splitpin.flow_process import running_flow
 from splitpin.kafka.admin import create_topics
 from splitpin.kafka.broker import LocalBroker
 from splitpin.kafka.reader import read_to_end
@@ -97,7 +96,7 @@ def run_demo(
                 echo(line)
             echo(describe_backends(demo.governance, os.environ))
             log_path = Path(tmp) / "flow.log"
-            with _flow_process(demo, log_path) as flow:
+            with running_flow(demo.child_env(), log_path) as flow:
                 started = time.monotonic()
                 _wait_until_ready(flow, demo.metrics_port, log_path)
                 echo(f"flow ready after {time.monotonic() - started:.1f}s (splitpin run, tailing)")
@@ -165,33 +164,6 @@ def _valid_events(settings: Settings) -> list[Stamped[ConversationEvent]]:
 
 def _customer(event: Stamped[ConversationEvent]) -> bool:
     return event.record.role == "customer"
-
-
-@contextmanager
-def _flow_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m splitpin run` with exactly these settings, stopped (SIGINT) on exit.
-
-    Its own session, so the interrupt reaches the flow and not this process; SIGKILL
-    only if it has not stopped within 30 s.
-    """
-    with log_path.open("ab") as log:
-        flow = subprocess.Popen(
-            [sys.executable, "-m", "splitpin", "run"],
-            env=settings.child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield flow
-    finally:
-        if flow.poll() is None:
-            os.killpg(flow.pid, signal.SIGINT)
-            try:
-                flow.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(flow.pid, signal.SIGKILL)
-                flow.wait(timeout=30)
 
 
 def _wait_until_ready(flow: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

@@ -1,16 +1,18 @@
-"""Run `splitpin run` as a real OS process, so tests can SIGKILL it and restart it."""
+"""The test's settings as a `splitpin run` child process (see splitpin/flow_process.py)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from splitpin import flow_process
+from splitpin.flow_process import kill_hard
 from splitpin.settings import Settings
+
+__all__ = ["flow_env", "kill_hard", "running_flow", "start_flow"]
 
 
 def flow_env(settings: Settings, recovery_dir: Path, **extra: str) -> dict[str, str]:
@@ -32,34 +34,13 @@ def flow_env(settings: Settings, recovery_dir: Path, **extra: str) -> dict[str, 
 def start_flow(
     settings: Settings, recovery_dir: Path, log_path: Path, *args: str, **extra: str
 ) -> subprocess.Popen[bytes]:
-    """`python -m splitpin run` in its own process group, output appended to `log_path`."""
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "splitpin", "run", *args],
-            env=flow_env(settings, recovery_dir, **extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def kill_hard(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL: no shutdown hooks, no final flush, no last snapshot."""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    return flow_process.start_flow(flow_env(settings, recovery_dir, **extra), log_path, *args)
 
 
 @contextmanager
 def running_flow(
     settings: Settings, recovery_dir: Path, log_path: Path, *args: str, **extra: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    process = start_flow(settings, recovery_dir, log_path, *args, **extra)
-    try:
+    env = flow_env(settings, recovery_dir, **extra)
+    with flow_process.running_flow(env, log_path, *args, stop_signal=signal.SIGTERM) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                kill_hard(process)

@@ -49,6 +49,7 @@ from tests.model_api_server import (
     succeed,
     truncated_stream,
 )
+from tests.time_fakes import FakeClock, FakeSleep
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Provider)
@@ -103,22 +104,6 @@ def _request(role: ModelRole = "fast", max_tokens: int = 100_000) -> ModelReques
         max_tokens=max_tokens,
         sources=(CARD,),
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.durations.append(seconds)
 
 
 class LocalEcho:

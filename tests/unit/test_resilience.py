@@ -30,6 +30,7 @@ from providers.resilience import (
 )
 from schemas.decisions import ModelRole
 from schemas.governance import ResilienceConfig, RoleConfig
+from tests.time_fakes import FakeClock, FakeSleep
 
 RESILIENCE = ResilienceConfig(
     backoff_base_s=0.25, backoff_max_s=8.0, breaker_failures=3, breaker_reset_s=30.0
@@ -57,24 +58,6 @@ REQUEST = ModelRequest(
     messages=(Message(role="user", content="Where is my card?"),),
     max_tokens=128,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    """Records every backoff instead of waiting."""
-
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.durations.append(seconds)
 
 
 Outcome = ProviderError | str | Callable[[], Awaitable[str]]
