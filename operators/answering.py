@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from operators.context_guard import fit_messages, newest_fits
+from operators.context_guard import fit_messages
 from operators.model_calls import CallFailed, JobStep
 from operators.validation import Violation, validate_answer
 from providers.base import CONFIRM, Candidate, Message, ModelRequest, ModelResult, SourceDoc
@@ -110,7 +110,6 @@ class AnswerJob:
     dispatch: Dispatch
     sources: tuple[SourceDoc, ...] | None = None
     preliminary: Reply | None = None
-    preliminary_docs: tuple[str, ...] = ()
     draft: ModelResult | None = None
     """The routed role's answer, which a verifier may confirm rather than rewrite."""
     escalated: bool = False
@@ -212,35 +211,36 @@ class AnswerPolicy:
             job.preliminary = self._reply(
                 job, "preliminary", "unverified", result.text, result, result.role
             )
-            job.preliminary_docs = tuple(c.doc_id for c in result.citations)
             emit += [job.preliminary, *self._timing(job, job.preliminary)]
         elif not confident:
             job.escalated = True
             emit.append(Escalation(result.role, verifier, "low_confidence"))
         candidate = Candidate(
             text=result.text,
-            doc_ids=tuple(c.doc_id for c in result.citations),
+            doc_ids=_doc_ids(result),
             confidence=result.confidence,
             model_version=result.model_version,
         )
-        if not self._readable_by(verifier, job.dispatch, (candidate,)):
+        messages, fits = self._messages_for(verifier, job.dispatch, (candidate,))
+        if not fits:
             # The verifier's window cannot hold even the newest message (a long email that
             # only the long-context role can read): its answer is final, marked unverified.
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
-        return Step(emit=emit, calls=[self._call(job, "verify", verifier, (candidate,))])
+        call = self._call(job, "verify", verifier, (candidate,), messages=messages)
+        return Step(emit=emit, calls=[call])
 
-    def _readable_by(
+    def _messages_for(
         self, role: ModelRole, dispatch: Dispatch, candidates: tuple[Candidate, ...]
-    ) -> bool:
+    ) -> tuple[tuple[Message, ...], bool]:
+        """The planned turns refitted to `role` beside its drafts, and whether they fit."""
         config = self.governance.roles[role]
-        reserved = self._drafts_tokens(candidates, config.tokenizer)
-        context = self.governance.context
-        return newest_fits(dispatch.messages, dispatch.summary, config, context, reserved)
-
-    @staticmethod
-    def _drafts_tokens(candidates: tuple[Candidate, ...], encoding: str) -> int:
-        return sum(count_tokens(c.text, encoding) + DRAFT_OVERHEAD_TOKENS for c in candidates)
+        drafts = sum(
+            count_tokens(c.text, config.tokenizer) + DRAFT_OVERHEAD_TOKENS for c in candidates
+        )
+        return fit_messages(
+            dispatch.messages, dispatch.summary, config, self.governance.context, reserved=drafts
+        )
 
     def _after_verify(
         self,
@@ -267,18 +267,9 @@ class AnswerPolicy:
                     "released_unverified" if keep else "replaced",
                 )
             )
-            if keep and job.preliminary is not None:
-                final = self._reply(
-                    job, "final", "unverified", job.preliminary.text, None, job.preliminary.route
-                )
-                final = final.model_copy(
-                    update={
-                        "citations": job.preliminary.citations,
-                        "model": job.preliminary.model,
-                        "model_version": job.preliminary.model_version,
-                        "confidence": job.preliminary.confidence,
-                    }
-                )
+            if keep and job.draft is not None:  # the preliminary was the draft: release it
+                draft = job.draft
+                final = self._reply(job, "final", "unverified", draft.text, draft, draft.role)
                 return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
             return self._safe(job, replies.verifier_role, emit)
         if result.text.strip() == CONFIRM and job.draft is not None:
@@ -336,8 +327,7 @@ class AnswerPolicy:
 
     def _final(self, job: AnswerJob, result: ModelResult, emit: list[AnswerOutput]) -> Step:
         status: Literal["verified", "corrected"] = "verified"
-        cited = tuple(c.doc_id for c in result.citations)
-        if job.preliminary is not None and cited != job.preliminary_docs:
+        if job.preliminary is not None and _doc_ids(result) != _doc_ids(job.preliminary):
             status = "corrected"
         final = self._reply(job, "final", status, result.text, result, result.role)
         return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
@@ -355,6 +345,8 @@ class AnswerPolicy:
         purpose: CallPurpose,
         role: ModelRole,
         candidates: tuple[Candidate, ...] = (),
+        *,
+        messages: tuple[Message, ...] | None = None,
     ) -> tuple[str, CallSpec]:
         job.tried.append(role)
         dispatch = job.dispatch
@@ -364,12 +356,10 @@ class AnswerPolicy:
             timeout = self.governance.replies.verification_timeout_s
         else:
             timeout = self._chain_deadline_s(role)
-        messages = dispatch.messages
-        if role != decision.role or candidates:  # the guard planned for the routed role alone
-            drafts = self._drafts_tokens(candidates, config.tokenizer)
-            messages = fit_messages(
-                messages, dispatch.summary, config, self.governance.context, reserved=drafts
-            )
+        if messages is None:
+            messages = dispatch.messages
+            if role != decision.role:  # the guard planned the prompt for the routed role
+                messages, _ = self._messages_for(role, dispatch, candidates)
         spec = CallSpec(
             purpose=purpose,
             request_id=f"{decision.event_id}:{purpose}",
@@ -517,6 +507,10 @@ class AnswerPolicy:
 def _model_name(configured: str, result: ModelResult) -> str:
     """The local fleet is not the configured model: say so rather than borrow its name."""
     return f"local-{result.role}" if result.provider == "local" else configured
+
+
+def _doc_ids(answer: ModelResult | Reply) -> tuple[str, ...]:
+    return tuple(c.doc_id for c in answer.citations)
 
 
 def _failure_of(outcome: CallOutcome | CallFailed) -> tuple[str, str]:

@@ -127,11 +127,11 @@ def fit_messages(
     context: ContextConfig,
     *,
     reserved: int = 0,
-) -> tuple[T, ...]:
+) -> tuple[tuple[T, ...], bool]:
     """The newest messages that fit `role` beside the summary (for a call to another role
     than the one the guard planned for, such as the verifier, whose prompt also carries
-    `reserved` tokens of draft answers). The newest always stays; if even it is too big
-    for this role, the provider's context error is what gets recorded."""
+    `reserved` tokens of draft answers), and whether they fit: the newest always stays,
+    so they do not when even it is too big for this role."""
     enc = role.tokenizer
     budget = role.context_window - role.max_output_tokens - context.system_prompt_tokens
     budget -= (count_tokens(summary, enc) if summary else 0) + reserved
@@ -143,18 +143,4 @@ def fit_messages(
             break
         kept.append(message)
         used += size
-    return tuple(reversed(kept))
-
-
-def newest_fits(
-    messages: Sequence[T], summary: str, role: RoleConfig, context: ContextConfig, reserved: int
-) -> bool:
-    """Whether `role` can take at least the newest message (e.g. can this verifier read it)."""
-    if not messages:
-        return True
-    kept = fit_messages(messages, summary, role, context, reserved=reserved)
-    enc = role.tokenizer
-    used = sum(count_tokens(m.content, enc) + MESSAGE_OVERHEAD_TOKENS for m in kept)
-    fixed = context.system_prompt_tokens + role.max_output_tokens + reserved
-    fixed += count_tokens(summary, enc) if summary else 0
-    return used + fixed <= role.context_window
+    return tuple(reversed(kept)), used <= budget

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from operators.answering import CallOutcome, CallSpec
 from providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
+from providers.prompting import format_source
 from schemas.governance import GovernanceConfig
 from splitpin.tokens import count_tokens
 
@@ -95,7 +96,7 @@ def within_budget(
     kept: list[SourceDoc] = []
     used = 0
     for doc in sources:
-        size = count_tokens(f"[{doc.doc_id}] {doc.title}: {doc.text}", encoding)
+        size = count_tokens(format_source(doc), encoding)
         if used + size > budget:
             break
         kept.append(doc)
