@@ -126,6 +126,7 @@ def build_flow(
     calls = governance.providers
     executor = shared_executor(calls.max_in_flight)
     metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)
+    metrics.CALLS_QUEUED.set_function(lambda: executor.queued)
     memoized = MemoizedClassifier(
         loaded, governance.classifier.memo_size, governance.classifier.batch_size
     )

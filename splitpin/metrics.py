@@ -96,6 +96,10 @@ ESCALATIONS = Counter(
 CALLS_IN_FLIGHT = Gauge(
     "splitpin_model_calls_in_flight", "Model calls holding an executor slot in this process."
 )
+CALLS_QUEUED = Gauge(
+    "splitpin_model_calls_queued",
+    "Model calls waiting for an executor slot in this process (the queue is unbounded).",
+)
 
 
 def observe_call(record: CostRecord) -> None:
