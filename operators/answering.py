@@ -72,6 +72,19 @@ class CallSpec:
     candidates: tuple[Candidate, ...] = ()
     timeout_s: float = 30.0
 
+    def request(self, sources: tuple[SourceDoc, ...]) -> ModelRequest:
+        """The request as sent, once the sources are known."""
+        return ModelRequest(
+            request_id=self.request_id,
+            role=self.role,
+            tenant_id=self.tenant_id,
+            messages=self.messages,
+            summary=self.summary,
+            max_tokens=self.max_tokens,
+            sources=sources,
+            candidates=self.candidates,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:

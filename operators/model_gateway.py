@@ -59,16 +59,7 @@ class ModelGateway:
         sources = spec.sources
         if sources is None:
             sources = await asyncio.to_thread(self._retrieve, spec)
-        request = ModelRequest(
-            request_id=spec.request_id,
-            role=spec.role,
-            tenant_id=spec.tenant_id,
-            messages=spec.messages,
-            summary=spec.summary,
-            max_tokens=spec.max_tokens,
-            sources=sources,
-            candidates=spec.candidates,
-        )
+        request = spec.request(sources)
         try:
             result = await self.providers.complete(request)
         except ProviderError as exc:

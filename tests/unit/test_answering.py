@@ -17,7 +17,7 @@ from operators.answering import (
     ReplyTiming,
 )
 from operators.model_calls import CallFailed
-from providers.base import CONFIRM, Message, ModelRequest, ModelResult, SourceDoc, Usage
+from providers.base import CONFIRM, Message, ModelResult, SourceDoc, Usage
 from schemas.metrics import CostRecord
 from schemas.replies import Citation, Reply
 from schemas.validation import ValidationFailure
@@ -75,16 +75,7 @@ def drive(dispatch: Dispatch, script: Script) -> tuple[list[AnswerOutput], list[
         if isinstance(scripted, CallFailed):
             outcome = scripted
         else:
-            request = ModelRequest(
-                request_id=spec.request_id,
-                role=spec.role,
-                tenant_id=spec.tenant_id,
-                messages=spec.messages,
-                max_tokens=spec.max_tokens,
-                sources=sources,
-                candidates=spec.candidates,
-            )
-            outcome = CallOutcome(request, scripted)
+            outcome = CallOutcome(spec.request(sources), scripted)
         step = policy.advance(job, call_id, outcome)
         emitted.extend(step.emit)
         queue.extend(step.calls)
