@@ -1,7 +1,9 @@
 """Build the model backends the flow calls: the provider registry and the retriever.
 
-The local fleet is loaded only when some role needs it (mode `local`, or `auto` with a
-missing key), and it shares the classifier's embedder: one ONNX session per process.
+The knowledge bases are always loaded (their articles are embedded at start-up, about a
+second): sources are retrieved locally for remote providers too, so that citations can be
+checked. The local fleet shares the classifier's embedder, one ONNX session per process,
+and answers the roles the registry gives it (mode `local`, or `auto` without a key).
 """
 
 from __future__ import annotations
