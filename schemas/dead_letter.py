@@ -16,6 +16,9 @@ DeadLetterReason = Literal[
     "unknown_schema_version",
     "schema_violation",
     "key_mismatch",
+    "event_time_skew",
+    "unknown_tenant",
+    "processing_error",
 ]
 
 
@@ -31,3 +34,17 @@ class DeadLetter(WireModel):
     key_b64: str | None = None
     value_b64: str | None = None
     value_bytes: int = Field(ge=0, description="Size of the original value.")
+    value_sha256: str | None = Field(
+        default=None, description="sha256 (hex) of the original value, whole."
+    )
+    truncated: bool = Field(
+        default=False,
+        description="key_b64/value_b64 hold only a prefix: the whole record did not fit under "
+        "the dead-letter size limit.",
+    )
+    step: str | None = Field(
+        default=None, description="processing_error: the flow step whose logic raised."
+    )
+    error_type: str | None = Field(
+        default=None, description="processing_error: the exception's type name."
+    )

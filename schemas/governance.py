@@ -367,6 +367,30 @@ class KnowledgeConfig(_Frozen):
         return self.tenants.get(tenant_id, self.default_kb)
 
 
+TenantPolicy = Literal["configured", "default"]
+
+
+def normalize_tenant_id(tenant_id: str) -> str:
+    """Tenant ids are matched without case or surrounding space: `ShopCo ` is `shopco`."""
+    return tenant_id.strip().casefold()
+
+
+class TenancyConfig(_Frozen):
+    """Which tenant ids are known, and what an unknown one gets: never a silent fallback."""
+
+    tenants: tuple[str, ...] = Field(
+        default=(),
+        description="Known tenants besides those named under budgets.tenants and "
+        "knowledge.tenants (which are known too).",
+    )
+    unknown: Literal["dead_letter", "default"] = Field(
+        default="default",
+        description="dead_letter: an event of an unknown tenant is dead-lettered "
+        "(unknown_tenant); default: it is served under budgets.default and "
+        "knowledge.default_kb, and its decision says tenant_policy=default.",
+    )
+
+
 class GovernanceConfig(_Frozen):
     schema_version: Literal[1] = 1
     require_version_pins: bool = True
@@ -381,6 +405,31 @@ class GovernanceConfig(_Frozen):
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     replies: RepliesConfig = Field(default_factory=RepliesConfig)
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+
+    def known_tenants(self) -> frozenset[str]:
+        return frozenset({*self.tenancy.tenants, *self.budgets.tenants, *self.knowledge.tenants})
+
+    def tenant_policy(self, tenant_id: str) -> TenantPolicy | None:
+        """`configured` for a known tenant, `default` for an unknown one served under the
+        defaults, None when unknown tenants are dead-lettered. Ids are normalised first."""
+        if normalize_tenant_id(tenant_id) in self.known_tenants():
+            return "configured"
+        return "default" if self.tenancy.unknown == "default" else None
+
+    @model_validator(mode="after")
+    def _tenant_ids_normalised(self) -> Self:
+        named = [
+            *(f"tenancy.tenants: {t!r}" for t in self.tenancy.tenants),
+            *(f"budgets.tenants.{t}" for t in self.budgets.tenants),
+            *(f"knowledge.tenants.{t}" for t in self.knowledge.tenants),
+        ]
+        ids = [*self.tenancy.tenants, *self.budgets.tenants, *self.knowledge.tenants]
+        bad = [where for where, t in zip(named, ids, strict=True) if normalize_tenant_id(t) != t]
+        if bad:
+            msg = f"{', '.join(bad)}: tenant ids must be lower-case without surrounding space"
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _roles_complete_and_pinned(self) -> Self:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,6 +114,40 @@ class Settings(BaseSettings):
     )
     delivery_timeout_ms: int = Field(
         default=30_000, ge=1_000, description="librdkafka delivery.timeout.ms for producers."
+    )
+    max_future_skew_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Events whose sent_at is later than their Kafka timestamp by more than "
+        "this are dead-lettered (event_time_skew).",
+    )
+    max_past_skew_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="Events whose sent_at is earlier than their Kafka timestamp by more than "
+        "this are dead-lettered (event_time_skew). `splitpin replay --restamp` moves recorded "
+        "traffic to now.",
+    )
+    dead_letter_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=4096,
+        description="A dead letter never exceeds this encoded; a larger raw value is truncated "
+        "(its size and sha256 kept). Must stay under the producer's and broker's "
+        "message.max.bytes.",
+    )
+    on_processing_error: Literal["dead_letter", "stop"] = Field(
+        default="dead_letter",
+        description="A stage that raises for one record: dead-letter it (processing_error) "
+        "and go on, or stop the flow.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Level of splitpin's own log lines on stderr."
+    )
+    startup_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="`splitpin run` exits non-zero unless the brokers answer and every topic "
+        "exists within this long.",
     )
 
     governance_path: Path = Field(
