@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AwareDatetime, Field
 
 from schemas.decisions import ModelRole
-from schemas.wire import WireModel
+from schemas.wire import EventTime, WireModel
 
 
 class CostRecord(WireModel):
@@ -19,7 +19,7 @@ class CostRecord(WireModel):
     tokens_out: int = Field(ge=0)
     cost_usd: float = Field(ge=0)
     latency_ms: float = Field(ge=0)
-    occurred_at: AwareDatetime = Field(
+    occurred_at: EventTime = Field(
         description="Event time of the call: the answered event's sent_at (windows use it)."
     )
     cache_hit: bool = False

@@ -28,11 +28,12 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from operators.ingest import RawRecord, parse_event
+from operators.ingest import IngestLimits, RawRecord, parse_event
 from providers.registry import ANTHROPIC_KEY, OPENAI_BASE_URL, OPENAI_KEY, remote_settings
 from schemas import (
     ConversationEvent,
@@ -50,7 +51,7 @@ from splitpin.flow_process import running_flow
 from splitpin.kafka.admin import create_topics
 from splitpin.kafka.broker import LocalBroker
 from splitpin.kafka.reader import read_to_end
-from splitpin.replay import replay_file
+from splitpin.replay import event_time_span, replay_file
 from splitpin.report import DEFAULT_PLOT, Stamped, plot_latencies, render_table, summarize
 from splitpin.settings import REPO_ROOT, Settings
 
@@ -90,6 +91,9 @@ def run_demo(
                     "topic_prefix": f"demo-{int(time.time())}.",
                     "recovery_dir": Path(tmp) / "recovery",
                     "metrics_port": _free_port(),
+                    # Restamped, the sample's last event lies its whole span (8 days)
+                    # after the first, which is now: allow that much future skew.
+                    "max_future_skew_s": settings.max_future_skew_s + _span_s(SAMPLE),
                 }
             )
             for line in create_topics(demo):
@@ -100,7 +104,8 @@ def run_demo(
                 started = time.monotonic()
                 _wait_until_ready(flow, demo.metrics_port, log_path)
                 echo(f"flow ready after {time.monotonic() - started:.1f}s (splitpin run, tailing)")
-                echo(replay_file(demo, SAMPLE, rate=rate).describe())
+                now = datetime.now(UTC)
+                echo(replay_file(demo, SAMPLE, rate=rate, restamp_to=now).describe())
                 echo(replay_file(demo, MALFORMED).describe())
                 expected = {e.record.event_id for e in _valid_events(demo) if _customer(e)}
                 answered = _wait_for_finals(demo, expected, flow, log_path)
@@ -112,6 +117,11 @@ def run_demo(
     finally:
         if started_broker:
             echo(broker.stop())
+
+
+def _span_s(path: Path) -> float:
+    span = event_time_span(path)
+    return 0.0 if span is None else (span[1] - span[0]).total_seconds()
 
 
 def report(settings: Settings, plot_path: Path) -> str:
@@ -155,8 +165,9 @@ def _valid_events(settings: Settings) -> list[Stamped[ConversationEvent]]:
     a looser decode) keeps "valid customer events" equal to what the flow routed.
     """
     events: list[Stamped[ConversationEvent]] = []
+    limits = IngestLimits.from_settings(settings)
     for message in read_to_end(settings.bootstrap_servers, settings.topic("events")):
-        parsed = parse_event(_raw(message), settings.max_event_bytes)
+        parsed = parse_event(_raw(message), limits)
         if isinstance(parsed, ConversationEvent):
             events.append(Stamped(parsed, _timestamp_ms(message)))
     return events

@@ -5,6 +5,11 @@ ending removed), so a malformed line reaches the flow malformed and exercises th
 dead-letter path instead of being "fixed" or rejected here. Lines that parse as a JSON object
 with a string `conversation_id` are keyed by it, which is what keeps one conversation's
 events in order on one partition; anything else is sent without a key.
+
+`restamp=True` is the one exception: ingest refuses events whose `sent_at` is far from the
+record's Kafka timestamp (event_time_skew), so recorded traffic is moved to now. Every line
+with a readable `sent_at` is shifted by the same offset (its earliest event becomes now, the
+gaps between events are kept) and re-serialised; every other line still goes out untouched.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 from tqdm import tqdm
@@ -113,15 +120,66 @@ def record_key(value: bytes) -> bytes | None:
     return conversation_id.strip().encode()
 
 
+def _sent_at(value: bytes) -> tuple[dict[str, Any], datetime] | None:
+    """The JSON object of a line and its `sent_at`, when it has one with a timezone."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("sent_at"), str):
+        return None
+    try:
+        at = datetime.fromisoformat(data["sent_at"])
+    except ValueError:
+        return None
+    return (data, at) if at.utcoffset() is not None else None
+
+
+def event_time_span(path: Path) -> tuple[datetime, datetime] | None:
+    """Earliest and latest readable `sent_at` in the file (None if there is none)."""
+    times = [parsed[1] for parsed in map(_sent_at, _lines(path)) if parsed is not None]
+    return (min(times), max(times)) if times else None
+
+
+def restamp_offset(path: Path, now: datetime) -> timedelta:
+    """The shift that makes the file's earliest event happen at `now`."""
+    span = event_time_span(path)
+    return timedelta(0) if span is None else now - span[0]
+
+
+def restamp(value: bytes, offset: timedelta) -> bytes:
+    """`value` with its `sent_at` moved by `offset` (same UTC offset and `Z` style), or
+    untouched when it has no readable `sent_at` or the shift leaves datetime's range."""
+    parsed = _sent_at(value)
+    if parsed is None:
+        return value
+    data, at = parsed
+    try:
+        shifted = (at + offset).isoformat()
+        if data["sent_at"][-1] in "Zz" and at.utcoffset() == timedelta(0):
+            shifted = shifted.removesuffix("+00:00") + "Z"
+        return orjson.dumps({**data, "sent_at": shifted})
+    except (OverflowError, TypeError):  # TypeError: an int orjson cannot write (> 64 bits)
+        return value
+
+
 def _count_lines(path: Path) -> int:
     with path.open("rb") as fh:
         return sum(1 for _ in fh)
 
 
 def replay_file(
-    settings: Settings, path: Path, *, rate: float | None = None, topic: str | None = None
+    settings: Settings,
+    path: Path,
+    *,
+    rate: float | None = None,
+    topic: str | None = None,
+    restamp_to: datetime | None = None,
 ) -> ReplayResult:
     """Publish every non-blank line of `path` to `topic` (default: the events topic).
+
+    With `restamp_to`, event times are shifted so the earliest is that instant (see the
+    module docstring).
 
     Raises DeliveryError if any record is not acknowledged within the bounded flush: a
     replay that silently lost events would make every downstream figure wrong.
@@ -131,6 +189,7 @@ def replay_file(
     producer = CheckedProducer(
         settings.bootstrap_servers, delivery_timeout_ms=settings.delivery_timeout_ms
     )
+    offset = None if restamp_to is None else restamp_offset(path, restamp_to)
     keyed = unkeyed = blank = 0
     started = time.monotonic()
     with tqdm(total=_count_lines(path), unit="ev", desc=target, disable=None) as bar:
@@ -139,6 +198,8 @@ def replay_file(
             if not value.strip():
                 blank += 1
                 continue
+            if offset is not None:
+                value = restamp(value, offset)
             key = record_key(value)
             if pacer is not None:
                 pacer.wait()

@@ -22,6 +22,7 @@ from splitpin.kafka.admin import create_topics, delete_topics, wait_for_broker
 from splitpin.kafka.broker import LocalBroker
 from splitpin.router.classifier import Classifier
 from splitpin.settings import BrokerSettings, Settings, load_settings
+from tests.factories import T0_PAST_SKEW_S
 from tests.kafka_helpers import KafkaBackend, TopicSettingsFactory, free_ports
 
 # testcontainers' KafkaContainer drives Confluent's image scripts; this is its tested default.
@@ -124,6 +125,9 @@ def unique_settings(bootstrap: str, partitions: int = 1, **overrides: object) ->
         "bootstrap_servers": bootstrap,
         "topic_prefix": f"t{uuid.uuid4().hex[:12]}.",
         "partitions": partitions,
+        # The factories' events are dated T0 (2026-11-02), now in the past: without this
+        # they would be dead-lettered as event_time_skew. A test of the skew overrides it.
+        "max_past_skew_s": T0_PAST_SKEW_S,
     }
     values.update(overrides)
     return load_settings(**values)

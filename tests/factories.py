@@ -11,6 +11,10 @@ from operators.ingest import RawRecord
 from schemas.decisions import RoutingDecision, TokenCounts
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+T0_PAST_SKEW_S = 10 * 365 * 86_400.0
+"""`max_past_skew_s` for settings that ingest the factories' events: T0 is fixed and already
+past, and records without a Kafka timestamp (TestingSource) are judged against the wall clock;
+10 years keeps this suite valid until 2036 while the future bound stays the default."""
 
 
 def event_dict(
@@ -58,6 +62,7 @@ def decision(event_id: str = "e-1", **overrides: Any) -> RoutingDecision:
         "event_id": event_id,
         "conversation_id": f"c-{event_id}",
         "tenant_id": "acme-bank",
+        "tenant_policy": "configured",
         "channel": "chat",
         "sent_at": T0,
         "session_id": f"c-{event_id}:{event_id}",

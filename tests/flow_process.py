@@ -11,6 +11,7 @@ from pathlib import Path
 from splitpin import flow_process
 from splitpin.flow_process import kill_hard
 from splitpin.settings import Settings
+from tests.factories import T0_PAST_SKEW_S
 
 __all__ = ["flow_env", "kill_hard", "running_flow", "start_flow"]
 
@@ -23,6 +24,11 @@ def flow_env(settings: Settings, recovery_dir: Path, **extra: str) -> dict[str, 
             "metrics_port": 0,
             "snapshot_interval_s": 0.5,
             "source_batch_size": 20,
+            # The factories' fixed, past T0 must not be event_time_skew (see T0_PAST_SKEW_S);
+            # a test that sets its own bound keeps it.
+            "max_past_skew_s": settings.max_past_skew_s
+            if "max_past_skew_s" in settings.model_fields_set
+            else T0_PAST_SKEW_S,
         }
     )
     env = fast.child_env()

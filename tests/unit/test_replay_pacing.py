@@ -1,14 +1,20 @@
-"""Replay pacing (a GCRA token bucket) and line handling, with an injected clock: no sleeps."""
+"""Replay pacing (a GCRA token bucket), line handling and --restamp, with an injected clock:
+no sleeps."""
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from splitpin.errors import ConfigError
-from splitpin.replay import Pacer, ReplayResult, _lines, record_key
+from splitpin.replay import Pacer, ReplayResult, _lines, record_key, restamp, restamp_offset
+from tests.factories import T0, event_dict
 
 
 class FakeClock:
@@ -111,3 +117,48 @@ def test_result_describe() -> None:
     assert "9 keyed" in text
     assert "1 unkeyed" in text
     assert "1 blank line(s) skipped" in text
+
+
+# --- --restamp: recorded traffic moved to now, gaps kept ----------------------------------
+
+NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_restamp_moves_the_earliest_event_to_now_and_keeps_the_gaps(tmp_path: Path) -> None:
+    first = event_dict("e-1", at_s=0)
+    later = event_dict("e-2")
+    later["sent_at"] = (
+        (T0 + timedelta(days=3, seconds=7.5)).astimezone(timezone(timedelta(hours=-5))).isoformat()
+    )
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(
+        b"\n".join([orjson.dumps(later), b"not json", orjson.dumps(first), b'{"sent_at": 5}'])
+    )
+    offset = restamp_offset(path, NOW)
+    assert offset == NOW - T0
+    shifted = [restamp(line, offset) for line in _lines(path)]
+    assert shifted[1] == b"not json" and shifted[3] == b'{"sent_at": 5}'  # untouched
+    assert orjson.loads(shifted[2])["sent_at"] == "2027-03-01T12:00:00Z"  # `Z` style kept
+    moved = datetime.fromisoformat(orjson.loads(shifted[0])["sent_at"])
+    assert moved.utcoffset() == timedelta(hours=-5)  # the sender's offset kept
+    assert moved - NOW == timedelta(days=3, seconds=7.5)
+    assert {k: v for k, v in orjson.loads(shifted[0]).items() if k != "sent_at"} == {
+        k: v for k, v in later.items() if k != "sent_at"
+    }
+
+
+@given(st.lists(st.floats(min_value=0, max_value=30 * 86_400), min_size=1, max_size=20))
+def test_restamp_shifts_every_event_by_one_offset(gaps: list[float]) -> None:
+    lines = [orjson.dumps(event_dict(f"e-{i}", at_s=gap)) for i, gap in enumerate(gaps)]
+    before = [datetime.fromisoformat(orjson.loads(line)["sent_at"]) for line in lines]
+    offset = NOW - min(before)
+    after = [
+        datetime.fromisoformat(orjson.loads(restamp(line, offset))["sent_at"]) for line in lines
+    ]
+    assert min(after) == NOW
+    assert [t - NOW for t in after] == [t - min(before) for t in before]
+
+
+def test_restamp_leaves_a_line_alone_when_the_shift_leaves_datetime_range() -> None:
+    line = orjson.dumps(event_dict(sent_at="9999-12-31T00:00:00Z"))
+    assert restamp(line, timedelta(days=2)) == line
