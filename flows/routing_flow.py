@@ -11,35 +11,46 @@ routing.metrics (CostRecord) ─▶ ingest ─▶ key by tenant ─┴─▶ bud
      │                        key by shard ─▶ answer (calls off-thread, fast then verified)
      └─ routing.metrics (CostRecord) ◀─┬─ conversations.replies, replies.validation-failures
                                        └─ metrics.windowed (per tenant x model x minute)
+
+Every step whose code is ours runs under `operators.isolation`: a record a step raises for
+becomes a `processing_error` dead letter (or stops the flow if `on_processing_error` is
+`stop`); the branches named `<step>-ok` take those failures to the dead-letter output.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard, TypeVar, cast
 
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from flows.sink import CheckedKafkaSink, OutRecord
 from operators.answering import (
+    AnswerJob,
     AnswerOutput,
     AnswerPolicy,
+    CallOutcome,
+    CallSpec,
     Dispatch,
     Escalation,
     ReplyTiming,
 )
-from operators.budget import BudgetGate, BudgetInput, BudgetOutput, gate_budgets
+from operators.budget import BudgetGate, BudgetInput, BudgetOutput, _TenantLogic
 from operators.call_executor import shared_executor
-from operators.classify import MemoizedClassifier, classify_events
-from operators.cost_windows import window_costs
-from operators.ingest import RawRecord, parse_event, parse_record
-from operators.model_calls import model_calls, shard_of
+from operators.classify import Classified, MemoizedClassifier, classify_events
+from operators.cost_windows import window_costs, windowable
+from operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
+from operators.isolation import Failed, Isolation
+from operators.model_calls import CallPolicy, JobErrorHandler, model_calls, shard_of
 from operators.model_gateway import Completer, ModelGateway, SourceFinder
-from operators.routing import RoutePlan, Router, route_conversations
+from operators.routing import RoutePlan, Router, _ConversationLogic
 from providers.setup import build_model_backends
 from schemas.dead_letter import DeadLetter
 from schemas.decisions import RoutingDecision
@@ -47,11 +58,13 @@ from schemas.events import ConversationEvent
 from schemas.metrics import CostRecord, WindowedCost
 from schemas.replies import Reply
 from schemas.validation import ValidationFailure
-from schemas.wire import encode
+from schemas.wire import WireModel, encode
 from splitpin import metrics, tokens
 from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.router.classifier import Classifier
 from splitpin.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,44 @@ def _read(
     return op.map(f"{step}-raw", consumed, _raw)
 
 
+def _describer(settings: Settings) -> Callable[[object], RawRecord | None]:
+    """What a dead letter of a failed item holds: the record it stands for, re-encoded,
+    keyed as on its topic; its partition and offset are unknown (-1) past ingest."""
+    events_topic, metrics_topic = settings.topic("events"), settings.topic("metrics")
+
+    def describe(item: object) -> RawRecord | None:
+        if isinstance(item, RawRecord):
+            return item
+        if isinstance(item, tuple) and item:  # a Classified
+            item = item[0]
+        if isinstance(item, RoutePlan):
+            item = item.observation.event
+        if isinstance(item, AnswerJob):
+            item = item.dispatch
+        if isinstance(item, Dispatch):
+            item = item.decision
+        if isinstance(item, ConversationEvent | RoutingDecision):
+            return RawRecord(item.conversation_id.encode(), encode(item), events_topic, -1, -1)
+        if isinstance(item, CostRecord):
+            return RawRecord(item.tenant_id.encode(), encode(item), metrics_topic, -1, -1)
+        if isinstance(item, WireModel):
+            return RawRecord(None, encode(item), "", -1, -1)
+        return None
+
+    return describe
+
+
+def _is_failed(item: object) -> TypeGuard[Failed]:
+    return isinstance(item, Failed)
+
+
+def _ok(step: str, up: Stream[T | Failed], dead: list[Stream[DeadLetter | Failed]]) -> Stream[T]:
+    """The items `step` produced; its failures join the dead letters."""
+    split = op.branch(f"{step}-ok", up, _is_failed)
+    dead.append(split.trues)
+    return cast("Stream[T]", split.falses)
+
+
 def build_flow(
     settings: Settings,
     *,
@@ -109,11 +160,13 @@ def build_flow(
     classifier: Classifier | None = None,
     tail: bool = True,
     backends: tuple[Completer, SourceFinder] | None = None,
+    router: Router | None = None,
 ) -> Dataflow:
     """Wire the stages. Tests pass TestingSources of RawRecords and a TestingSink, and may
-    pass their own model backends (providers, retriever); else the governance config's."""
+    pass their own model backends (providers, retriever); else the governance config's.
+    A test may pass its own Router (e.g. one that raises, to attack error isolation)."""
     governance = settings.governance
-    router = Router(governance)
+    router = router or Router(governance)
     gate = BudgetGate(governance)
     loaded = classifier or Classifier.load(governance.classifier, governance.routing)
     # onnxruntime initialises lazily on the first run; pay that at start-up, not on the
@@ -130,7 +183,12 @@ def build_flow(
     memoized = MemoizedClassifier(
         loaded, governance.classifier.memo_size, governance.classifier.batch_size
     )
-    max_bytes = settings.max_event_bytes
+    limits = IngestLimits.from_settings(settings)
+    guard = Isolation(
+        settings.on_processing_error,
+        _describer(settings),
+        max_bytes=settings.dead_letter_max_bytes,
+    )
 
     flow = Dataflow("splitpin-routing")
     if inputs is None:
@@ -140,27 +198,38 @@ def build_flow(
         raw_events = op.input("events-in", flow, inputs.events)
         raw_usage = op.input("usage-in", flow, inputs.usage) if inputs.usage else None
 
-    parsed = op.map("ingest", raw_events, lambda record: parse_event(record, max_bytes))
+    parsed = guard.map("ingest", raw_events, lambda record: parse_event(record, limits))
     split = op.branch("valid", parsed, lambda item: isinstance(item, ConversationEvent))
     events: Stream[ConversationEvent] = split.trues  # type: ignore[assignment]
-    dead: list[Stream[DeadLetter]] = [split.falses]  # type: ignore[list-item]
+    dead: list[Stream[DeadLetter | Failed]] = [split.falses]  # type: ignore[list-item]
 
-    classified = classify_events("classify", events, memoized)
-    by_conversation = op.key_on("by-conversation", classified, lambda item: item[0].conversation_id)
-    routed = op.key_rm(
-        "unkey-conversation", route_conversations("conversation", by_conversation, router)
+    def classify_failed(event: ConversationEvent, exc: Exception) -> Failed:
+        return guard.fail("classify", event, exc)
+
+    classified = _ok(
+        "classify", classify_events("classify", events, memoized, classify_failed), dead
     )
+    by_conversation = op.key_on("by-conversation", classified, lambda item: item[0].conversation_id)
+    tracker = router.tracker()
+
+    def conversation_logic(resume: bytes | None) -> StatefulLogic[Classified, RoutePlan, bytes]:
+        return _ConversationLogic(router, tracker, resume)
+
+    conversations = guard.stateful("conversation", by_conversation, conversation_logic)
+    routed = _ok("conversation", op.key_rm("unkey-conversation", conversations), dead)
 
     def observe_latency(plan: RoutePlan) -> RoutePlan:
         metrics.DECISION_SECONDS.observe(plan.elapsed_s)
         return plan
 
-    budget_inputs: Stream[BudgetInput] = op.map("decision-latency", routed, observe_latency)
+    budget_inputs: Stream[BudgetInput] = _ok(
+        "decision-latency", guard.map("decision-latency", routed, observe_latency), dead
+    )
     if raw_usage is not None:
-        parsed_usage = op.map(
+        parsed_usage = guard.map(
             "ingest-usage",
             raw_usage,
-            lambda record: parse_record(record, CostRecord, "tenant_id", max_bytes),
+            lambda record: parse_record(record, CostRecord, "tenant_id", limits, "occurred_at"),
         )
         usage_split = op.branch("valid-usage", parsed_usage, lambda x: isinstance(x, CostRecord))
         usage: Stream[CostRecord] = usage_split.trues  # type: ignore[assignment]
@@ -168,7 +237,12 @@ def build_flow(
         budget_inputs = op.merge("budget-inputs", budget_inputs, usage)
 
     by_tenant = op.key_on("by-tenant", budget_inputs, _tenant_of)
-    outcomes = op.key_rm("unkey-tenant", gate_budgets("budget", by_tenant, gate))
+
+    def tenant_logic(resume: bytes | None) -> StatefulLogic[BudgetInput, BudgetOutput, bytes]:
+        return _TenantLogic(gate, resume)
+
+    tenants = guard.stateful("budget", by_tenant, tenant_logic)
+    outcomes: Stream[BudgetOutput] = _ok("budget", op.key_rm("unkey-tenant", tenants), dead)
 
     gated = op.branch("dispatched", outcomes, lambda item: isinstance(item, Dispatch))
     dispatches: Stream[Dispatch] = gated.trues  # type: ignore[assignment]
@@ -177,21 +251,53 @@ def build_flow(
         dispatches,
         lambda d: shard_of(d.decision.conversation_id, calls.call_shards),
     )
-    answers = op.key_rm(
-        "unkey-shard",
-        model_calls(
-            "answer",
-            by_shard,
-            answer_policy,
-            lambda: executor,
-            calls.poll_interval_ms / 1000,
-        ),
+
+    def job_failed(
+        job_id: str | None, item: Dispatch | None, job: AnswerJob | None, exc: Exception
+    ) -> tuple[list[AnswerOutput], Failed]:
+        """One job died (not its shard): dead-letter it, and still end the customer's wait
+        with the safe reply, since its decision already went out."""
+        failed = guard.fail("answer", item if item is not None else job, exc)
+        dispatch = item if item is not None else job.dispatch if job is not None else None
+        if dispatch is None:
+            return [], failed
+
+        def abandon(dispatch: Dispatch) -> list[AnswerOutput]:
+            return answer_policy.abandon(dispatch, job)
+
+        # If even the safe reply raises, that is counted (step answer-abandon); the job's
+        # one dead letter is `failed`.
+        final = guard.guard_many("answer-abandon", abandon)(dispatch)
+        return [x for x in final if not isinstance(x, Failed)], failed
+
+    policy: CallPolicy[Dispatch, AnswerJob, CallSpec, CallOutcome, AnswerOutput] = answer_policy
+    on_job_error: JobErrorHandler[Dispatch, AnswerJob, AnswerOutput] = job_failed
+    per_shard = model_calls(
+        "answer",
+        by_shard,
+        policy,
+        lambda: executor,
+        calls.poll_interval_ms / 1000,
+        on_job_error=on_job_error,
     )
+    answers: Stream[AnswerOutput] = _ok("answer", op.key_rm("unkey-shard", per_shard), dead)
 
     costs = op.filter_map(
         "call-costs", answers, lambda item: item if isinstance(item, CostRecord) else None
     )
-    windowed = window_costs("cost-windows", costs, governance.accounting)
+
+    def check_windowable(record: CostRecord) -> CostRecord:
+        if not windowable(record, governance.accounting):
+            msg = f"occurred_at {record.occurred_at.isoformat()} is too close to datetime limits"
+            raise OverflowError(msg)
+        return record
+
+    safe_costs = _ok("cost-windows-in", guard.map("cost-windows-in", costs, check_windowable), dead)
+    windowed: Stream[WindowedCost] = _ok(
+        "cost-windows",
+        window_costs("cost-windows", safe_costs, governance.accounting, guard),
+        dead,
+    )
 
     decisions_topic = settings.topic("decisions")
     failures_topic = settings.topic("validation_failures")
@@ -227,16 +333,22 @@ def build_flow(
     def windowed_out(window: WindowedCost) -> OutRecord:
         return OutRecord(windowed_topic, window.tenant_id.encode(), encode(window))
 
-    def dead_letter_out(letter: DeadLetter) -> OutRecord:
+    def dead_letter_out(item: DeadLetter | Failed) -> OutRecord:
+        letter = item.letter if isinstance(item, Failed) else item
         metrics.count(metrics.DEAD_LETTERS, letter.reason)
         key = base64.b64decode(letter.key_b64) if letter.key_b64 is not None else None
         return OutRecord(dead_letter_topic, key, encode(letter))
 
+    encoded = [
+        _ok("outcome-out", guard.map("outcome-out", gated.falses, outcome_out), dead),
+        _ok("answer-out", guard.flat_map("answer-out", answers, answer_out), dead),
+        _ok("windowed-out", guard.map("windowed-out", windowed, windowed_out), dead),
+    ]
+    # Last: every step's failures are in `dead` by now. Encoding a DeadLetter cannot fail
+    # (it is a validated model), and a failure here would have nowhere else to go.
     out = op.merge(
         "outputs",
-        op.map("outcome-out", gated.falses, outcome_out),
-        op.flat_map("answer-out", answers, answer_out),
-        op.map("windowed-out", windowed, windowed_out),
+        *encoded,
         op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
     )
     op.output(

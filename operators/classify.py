@@ -3,16 +3,22 @@
 Runs before the events are keyed, so one ONNX call serves a micro-batch of messages from
 many conversations. A worker-local memo keyed by the exact text makes repeated messages
 free; classification is a pure function of the text, so the memo changes no result.
+
+A batch that raises is classified again one event at a time, so only the event whose text
+makes the classifier raise fails (`on_error` turns it into its dead letter); the memo is
+only written after a whole call succeeds, so a failure leaves it as it was.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from bytewax import operators as op
 from bytewax.dataflow import Stream
 
+from operators.isolation import Failed
 from schemas.events import ConversationEvent
 from splitpin.router.classifier import Classification, Classifier
 
@@ -50,15 +56,40 @@ Classified = tuple[ConversationEvent, Classification, float]
 """An event, its classification, and its share of the batch's classification time (s)."""
 
 
+OnClassifyError = Callable[[ConversationEvent, Exception], Failed]
+
+
+def classify_each(
+    batch: list[ConversationEvent], classifier: MemoizedClassifier, on_error: OnClassifyError
+) -> list[Classified | Failed]:
+    """One call for the batch; if it raises, one call per event, and a Failed per poison."""
+    started = time.perf_counter()
+    try:
+        results = classifier.classify([event.text for event in batch])
+    except Exception:
+        out: list[Classified | Failed] = []
+        for event in batch:
+            alone = time.perf_counter()
+            try:
+                (result,) = classifier.classify([event.text])
+            except Exception as exc:
+                out.append(on_error(event, exc))
+            else:
+                out.append((event, result, time.perf_counter() - alone))
+        return out
+    share = (time.perf_counter() - started) / len(batch)
+    return [(event, result, share) for event, result in zip(batch, results, strict=True)]
+
+
 def classify_events(
-    step_id: str, events: Stream[ConversationEvent], classifier: MemoizedClassifier
-) -> Stream[Classified]:
+    step_id: str,
+    events: Stream[ConversationEvent],
+    classifier: MemoizedClassifier,
+    on_error: OnClassifyError,
+) -> Stream[Classified | Failed]:
     """Pairs each event with its classification, one ONNX call per micro-batch."""
 
-    def classify_batch(batch: list[ConversationEvent]) -> list[Classified]:
-        started = time.perf_counter()
-        results = classifier.classify([event.text for event in batch])
-        share = (time.perf_counter() - started) / len(batch)
-        return [(event, result, share) for event, result in zip(batch, results, strict=True)]
+    def classify_batch(batch: list[ConversationEvent]) -> list[Classified | Failed]:
+        return classify_each(batch, classifier, on_error)
 
     return op.flat_map_batch(step_id, events, classify_batch)

@@ -22,19 +22,23 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, cast
 
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators import windowing as win
 
+from operators.isolation import Failed, Isolation
 from schemas.governance import AccountingConfig
 from schemas.metrics import CostRecord, WindowedCost
 from splitpin import metrics
 
 WINDOW_ALIGN = datetime(1970, 1, 1, tzinfo=UTC)
 """Windows start at whole multiples of window_s since the epoch (minutes on the minute)."""
+
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
 
 CLOSE_POLL = timedelta(milliseconds=500)
 """Least wait between two wake-ups of a key that still has an open window (see _wake_at)."""
@@ -230,9 +234,29 @@ def _wake_at(wait: timedelta) -> win.EventClock[CostRecord]:
     """
 
     def to_system_utc(close: datetime) -> datetime:
-        return max(close + wait, datetime.now(UTC) + CLOSE_POLL)
+        try:
+            at_close = close + wait
+        except OverflowError:  # a close near year 9999: never, as far as a clock can say
+            at_close = LATEST
+        return max(at_close, datetime.now(UTC) + CLOSE_POLL)
 
     return win.EventClock(_event_time, wait_for_system_duration=wait, to_system_utc=to_system_utc)
+
+
+def windowable(record: CostRecord, config: AccountingConfig) -> bool:
+    """Whether Bytewax's windowing can place `occurred_at` without overflowing a datetime.
+
+    The windowing is not our code: it computes window bounds, close times and watermarks
+    around each record's time, and `9999-12-31T23:59:59Z` overflows there (or
+    `0001-01-01T00:00:00+14:00` in UTC). Records outside the margin are not windowed; the
+    flow dead-letters them (processing_error) before this operator.
+    """
+    margin = 2 * timedelta(seconds=config.window_s + config.allowed_lateness_s) + timedelta(days=1)
+    try:
+        at = _event_time(record)
+        return EARLIEST + margin <= at <= LATEST - margin
+    except (OverflowError, ValueError):
+        return False
 
 
 class _CountedLogic(StatefulBatchLogic[WindowItem, WindowedCost, bytes]):
@@ -261,14 +285,20 @@ def _as_item(window_id_value: tuple[int, CostWindow | CostRecord]) -> WindowItem
 
 @operator
 def window_costs(
-    step_id: str, records: Stream[CostRecord], config: AccountingConfig
-) -> Stream[WindowedCost]:
+    step_id: str,
+    records: Stream[CostRecord],
+    config: AccountingConfig,
+    isolation: Isolation | None = None,
+) -> Stream[WindowedCost | Failed]:
     """CostRecords -> one WindowedCost per tenant x model x closed window, plus corrections.
 
     Keyed by `tenant|model` (few keys, each on one worker), windowed on `occurred_at` by
     an EventClock that waits `allowed_lateness_s` of system time for stragglers. Records
     Bytewax reports late, and windows it reopens, come out as corrections (see module doc)
     and are counted in `splitpin_cost_records_late_total`.
+
+    With `isolation`, the counting step (ours) runs under `IsolatedBatchLogic`; feed it
+    only `windowable` records, since the windowing before it is Bytewax's.
     """
     length = timedelta(seconds=config.window_s)
     wait = timedelta(seconds=config.allowed_lateness_s)
@@ -288,5 +318,9 @@ def window_costs(
     def build(resume: bytes | None) -> _CountedLogic:
         return _CountedLogic(length, resume)
 
-    counted = op.stateful_batch("count", op.merge("both", closed, late), build)
-    return op.key_rm("unkey", counted)
+    both = op.merge("both", closed, late)
+    if isolation is None:
+        plain = op.key_rm("unkey", op.stateful_batch("count", both, build))
+        return cast("Stream[WindowedCost | Failed]", plain)
+    isolated = isolation.stateful_batch("count", both, build)
+    return op.key_rm("unkey", isolated)

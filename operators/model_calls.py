@@ -13,6 +13,12 @@ after the snapshot is produced again, with the same identity, which consumers de
 
 Keys are shards, not conversations: every key with calls in flight polls on a timer, and
 a few shards keep that polling cheap however many conversations are waiting.
+
+Isolation is per job, not per shard: when the policy raises for one job (`job_id`, `open`,
+`advance`, or submitting its calls), `on_job_error` turns that job into outputs (the flow
+gives the customer a final safe reply and dead-letters the dispatch) and the job and its
+calls in flight are dropped; every other job of the shard goes on. Without a handler the
+error propagates, as before.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
 from operators.call_executor import CallExecutor, CallTimeoutError
+from operators.isolation import Failed
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,11 @@ class _Pending(Generic[S, O]):
     future: concurrent.futures.Future[O]
 
 
+JobErrorHandler = Callable[[str | None, I | None, J | None, Exception], tuple[Sequence[W], Failed]]
+"""(job_id if known, the input if at hand, the job if opened, the error) -> what to emit
+instead of the job's outputs, and the job's dead letter."""
+
+
 @dataclass
 class CallTable(Generic[I, J, S, O, W]):
     """Open jobs and calls in flight for one key."""
@@ -84,25 +96,31 @@ class CallTable(Generic[I, J, S, O, W]):
     executor: CallExecutor
     jobs: dict[str, J] = field(default_factory=dict)
     pending: dict[tuple[str, str], _Pending[S, O]] = field(default_factory=dict)
+    on_job_error: JobErrorHandler[I, J, W] | None = None
 
-    def add(self, item: I) -> list[W]:
-        job_id = self.policy.job_id(item)
-        if job_id in self.jobs:  # the same input again while it is being answered
-            return []
-        job, step = self.policy.open(item)
-        self.jobs[job_id] = job
-        return self._apply(job_id, step)
+    def add(self, item: I) -> list[W | Failed]:
+        job_id: str | None = None
+        try:
+            job_id = self.policy.job_id(item)
+            if job_id in self.jobs:  # the same input again while it is being answered
+                return []
+            job, step = self.policy.open(item)
+            self.jobs[job_id] = job
+            return self._apply(job_id, step)
+        except Exception as exc:
+            return self._job_failed(job_id, item, exc)
 
-    def poll(self) -> list[W]:
+    def poll(self) -> list[W | Failed]:
         """Advance every job whose call has finished; never blocks."""
-        out: list[W] = []
+        out: list[W | Failed] = []
         for key in [k for k, p in self.pending.items() if p.future.done()]:
-            out.extend(self._complete(key))
+            if key in self.pending:  # a failed job's other calls are gone
+                out.extend(self._complete(key))
         return out
 
-    def drain(self) -> list[W]:
+    def drain(self) -> list[W | Failed]:
         """Block until no call is in flight (end of input: nothing else can arrive)."""
-        out: list[W] = []
+        out: list[W | Failed] = []
         while self.pending:
             futures = [p.future for p in self.pending.values()]
             concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -122,19 +140,29 @@ class CallTable(Generic[I, J, S, O, W]):
         for job_id, call_id, spec in calls:
             self._submit(job_id, call_id, spec)
 
-    def _apply(self, job_id: str, step: JobStep[W, S]) -> list[W]:
+    def _apply(self, job_id: str, step: JobStep[W, S]) -> list[W | Failed]:
         for call_id, spec in step.calls:
             self._submit(job_id, call_id, spec)
         if step.done:
             self.jobs.pop(job_id, None)
         return list(step.emit)
 
+    def _job_failed(self, job_id: str | None, item: I | None, exc: Exception) -> list[W | Failed]:
+        """Drop the job and its calls in flight; the handler says what to emit instead."""
+        if self.on_job_error is None:
+            raise exc
+        job = self.jobs.pop(job_id, None) if job_id is not None else None
+        for key in [k for k in self.pending if k[0] == job_id]:
+            del self.pending[key]
+        emit, failed = self.on_job_error(job_id, item, job, exc)
+        return [*emit, failed]
+
     def _submit(self, job_id: str, call_id: str, spec: S) -> None:
         run = self.policy.run
         future = self.executor.submit(lambda: run(spec), timeout_s=self.policy.timeout_s(spec))
         self.pending[(job_id, call_id)] = _Pending(job_id, spec, future)
 
-    def _complete(self, key: tuple[str, str]) -> list[W]:
+    def _complete(self, key: tuple[str, str]) -> list[W | Failed]:
         pending = self.pending.pop(key)
         job_id, call_id = key
         outcome: O | CallFailed
@@ -147,7 +175,10 @@ class CallTable(Generic[I, J, S, O, W]):
         job = self.jobs.get(job_id)
         if job is None:
             return []
-        return self._apply(job_id, self.policy.advance(job, call_id, outcome))
+        try:
+            return self._apply(job_id, self.policy.advance(job, call_id, outcome))
+        except Exception as exc:
+            return self._job_failed(job_id, None, exc)
 
 
 def shard_of(key: str, shards: int) -> str:
@@ -158,7 +189,7 @@ def shard_of(key: str, shards: int) -> str:
 # --- Bytewax wrapper -------------------------------------------------------------------
 
 
-class _CallLogic(StatefulLogic[I, W, bytes], Generic[I, J, S, O, W]):
+class _CallLogic(StatefulLogic[I, W | Failed, bytes], Generic[I, J, S, O, W]):
     def __init__(
         self, table: CallTable[I, J, S, O, W], poll: timedelta, resume: bytes | None
     ) -> None:
@@ -167,15 +198,15 @@ class _CallLogic(StatefulLogic[I, W, bytes], Generic[I, J, S, O, W]):
         if resume is not None:
             table.restore(resume)
 
-    def on_item(self, value: I) -> tuple[list[W], bool]:
+    def on_item(self, value: I) -> tuple[list[W | Failed], bool]:
         # No poll here: a burst would rescan the shard's calls once per item. Finished
         # calls are collected on the next notification (at most one poll interval away).
         return self._table.add(value), StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[W], bool]:
+    def on_notify(self) -> tuple[list[W | Failed], bool]:
         return self._table.poll(), self._finished()
 
-    def on_eof(self) -> tuple[list[W], bool]:
+    def on_eof(self) -> tuple[list[W | Failed], bool]:
         return self._table.drain(), self._finished()
 
     def notify_at(self) -> datetime | None:
@@ -194,11 +225,15 @@ def model_calls(
     policy: CallPolicy[I, J, S, O, W],
     executor_factory: Callable[[], CallExecutor],
     poll_interval_s: float,
-) -> KeyedStream[W]:
-    """Keyed upstream (by `shard_of`); emits each job's outputs as its calls finish."""
+    on_job_error: JobErrorHandler[I, J, W] | None = None,
+) -> KeyedStream[W | Failed]:
+    """Keyed upstream (by `shard_of`); emits each job's outputs as its calls finish.
+
+    With `on_job_error`, a job whose policy raises fails alone (see module doc)."""
     poll = timedelta(seconds=poll_interval_s)
 
     def build(resume: bytes | None) -> _CallLogic[I, J, S, O, W]:
-        return _CallLogic(CallTable(policy, executor_factory()), poll, resume)
+        table = CallTable(policy, executor_factory(), on_job_error=on_job_error)
+        return _CallLogic(table, poll, resume)
 
     return op.stateful(step_id, items, build)
