@@ -3,8 +3,10 @@
     SplitpinError
     ├── ConfigError          invalid settings or governance file (names the field)
     ├── BrokerError          the local Kafka broker could not be resolved/started/stopped
-    └── DeliveryError        a record could not be delivered to Kafka; the flow must stop
-                             and resume from its last snapshot rather than lose it
+    ├── DeliveryError        a record could not be delivered to Kafka; the flow must stop
+    │                        and resume from its last snapshot rather than lose it
+    └── StartupError         `splitpin run` refuses to start: brokers silent, topics missing,
+                             recovery state lost or damaged (names the setting or file)
 
 No librdkafka or SDK exception escapes the Kafka layer: it is translated into one of these.
 """
@@ -26,6 +28,10 @@ class BrokerError(SplitpinError):
 
 class DeliveryError(SplitpinError):
     """Kafka did not acknowledge a record within the bounded flush."""
+
+
+class StartupError(SplitpinError):
+    """The flow cannot start safely; the message names the setting, topic or file to fix."""
 
 
 def describe_validation_error(source: str, exc: ValidationError) -> str:

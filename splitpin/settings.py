@@ -149,6 +149,19 @@ class Settings(BaseSettings):
         description="`splitpin run` exits non-zero unless the brokers answer and every topic "
         "exists within this long.",
     )
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="After SIGINT/SIGTERM the flow waits this long for the sink's batch in "
+        "progress to be acknowledged, then exits (non-zero if it was not); the restart "
+        "resumes from the last snapshot, so nothing is lost either way.",
+    )
+    log_repeat_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Repeats of a Kafka client log line within this window are counted and "
+        "summarised in one line instead of printed.",
+    )
 
     governance_path: Path = Field(
         default=REPO_ROOT / "config" / "governance.yaml",

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin for mypy
 
-from splitpin.errors import BrokerError, ConfigError
+from splitpin.errors import BrokerError, ConfigError, StartupError
 from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.settings import Settings
 
@@ -76,6 +76,83 @@ def wait_for_broker(
             return
         last = "metadata listed no brokers"
         time.sleep(_POLL_S)
+
+
+def check_flow_topics(settings: Settings, timeout_s: float | None = None) -> None:
+    """Fail fast unless a broker answers and every topic the flow uses exists.
+
+    librdkafka retries an unreachable bootstrap forever, so without this a wrong
+    `SPLITPIN_BOOTSTRAP_SERVERS` leaves the flow running silently, doing nothing.
+    Raises StartupError naming the setting (or the missing topics and the remedy).
+    """
+    wait_s = settings.startup_timeout_s if timeout_s is None else timeout_s
+    bootstrap = settings.bootstrap_servers
+    client = admin_client(bootstrap)
+    deadline = time.monotonic() + wait_s
+    last = "no answer"
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            metadata = client.list_topics(timeout=max(remaining, 0.1))
+        except KafkaException as exc:
+            last = _reason(exc)
+            continue
+        if metadata.brokers:
+            break
+        last = "metadata listed no brokers"
+        time.sleep(_POLL_S)
+    else:
+        msg = (
+            f"no Kafka broker answered at {bootstrap} within {wait_s:g} s ({last}); check "
+            "SPLITPIN_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS); "
+            "SPLITPIN_STARTUP_TIMEOUT_S sets this wait"
+        )
+        raise StartupError(msg)
+    missing = [name for name in settings.all_topics().values() if name not in metadata.topics]
+    if missing:
+        msg = (
+            f"topic(s) missing on {bootstrap}: {', '.join(missing)}; create them with "
+            "`splitpin topics create` (with the same SPLITPIN_TOPIC_PREFIX and "
+            "SPLITPIN_TOPICS__* settings)"
+        )
+        raise StartupError(msg)
+
+
+def topic_record_counts(
+    bootstrap: str, topics: Iterable[str], timeout_s: float = ADMIN_TIMEOUT_S
+) -> dict[str, int]:
+    """Topic -> records it holds now (high minus low watermark, summed over partitions).
+
+    Reads watermarks only (no group, nothing consumed), so it is cheap at start-up.
+    """
+    names = list(topics)
+    client = admin_client(bootstrap)
+    listed = _list_topics(client, bootstrap, timeout_s)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "logger": LIBRDKAFKA_LOGGER,
+            "group.id": "splitpin-watermarks",  # required; never joined, nothing committed
+            "enable.auto.commit": False,
+        }
+    )
+    counts: dict[str, int] = {}
+    try:
+        for name in names:
+            topic = listed.get(name)
+            partitions = topic.partitions if topic is not None else {}
+            total = 0
+            for partition in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(name, partition), timeout=timeout_s, cached=False
+                )
+                total += max(0, high - low)
+            counts[name] = total
+    except KafkaException as exc:
+        msg = f"cannot read the watermarks of {names} at {bootstrap}: {_reason(exc)}"
+        raise BrokerError(msg) from exc
+    finally:
+        consumer.close()
+    return counts
 
 
 def create_topics(settings: Settings, partitions: int | None = None) -> list[str]:

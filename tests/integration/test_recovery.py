@@ -1,10 +1,15 @@
-"""SIGKILL the flow mid-stream, restart it: nothing lost, duplicates byte-identical."""
+"""SIGKILL the flow mid-stream, restart it: nothing lost, duplicate decisions byte-identical.
+
+A lost recovery directory is refused unless `--reset`; a damaged partition is named.
+"""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -96,3 +101,57 @@ def test_sigkill_mid_stream_loses_nothing(topic_settings, tmp_path: Path) -> Non
         decision = decode(RoutingDecision, copies[0])
         turns[decision.conversation_id].add(decision.turn_index)
     assert all(indexes == set(range(len(indexes))) for indexes in turns.values())
+
+
+def _exit_of(process, timeout_s: float = 60) -> int:  # type: ignore[no-untyped-def]
+    return int(process.wait(timeout=timeout_s))
+
+
+def test_lost_recovery_dir_is_refused_and_reset_proceeds(topic_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = topic_settings()
+    producer = CheckedProducer(settings.bootstrap_servers)
+    now = datetime.now(UTC).isoformat()
+    for i in range(60):
+        conversation = f"conv-{i % 6}"
+        event = event_dict(f"{conversation}-{i:03d}", conversation, sent_at=now)
+        producer.produce(settings.topic("events"), orjson.dumps(event), conversation.encode())
+    producer.flush(15)
+    recovery_dir, log = tmp_path / "recovery", tmp_path / "flow.log"
+    with running_flow(settings, recovery_dir, log):
+        first = read_until(
+            settings.bootstrap_servers, settings.topic("decisions"), lambda m: len(m) >= 60, 90
+        )
+    assert len(first) >= 60
+
+    shutil.rmtree(recovery_dir)  # the accident
+    refused = start_flow(settings, recovery_dir, log)
+    assert _exit_of(refused) == 2
+    output = log.read_text()
+    assert "refusing to start without recovery state" in output
+    assert str(recovery_dir) in output and "--reset" in output
+    assert settings.topic("decisions") in output
+    assert not recovery_dir.exists(), "a refused start creates no state"
+
+    with running_flow(settings, recovery_dir, log, "--reset") as reset:
+        again = read_until(
+            settings.bootstrap_servers, settings.topic("decisions"), lambda m: len(m) >= 120, 90
+        )
+        assert reset.poll() is None, log.read_text()[-3000:]
+    assert len(again) >= 120, "--reset re-processed the topic from the beginning"
+
+
+def test_corrupted_partition_is_named(topic_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = topic_settings()
+    recovery_dir, log = tmp_path / "recovery", tmp_path / "flow.log"
+    with running_flow(settings, recovery_dir, log):
+        deadline = time.monotonic() + 60
+        while not any(recovery_dir.glob("part-*.sqlite3")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    partition = next(recovery_dir.glob("part-*.sqlite3"))
+    raw = partition.read_bytes()
+    partition.write_bytes(raw[:100] + b"\xff" * 4000 + raw[4100:])
+    damaged = start_flow(settings, recovery_dir, log)
+    assert _exit_of(damaged) == 2
+    output = log.read_text()
+    assert f"damaged recovery partition {partition}" in output
+    assert "panicked" not in output and "--reset" in output
