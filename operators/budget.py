@@ -1,51 +1,142 @@
-"""Budget gate, keyed by tenant: reserve before dispatch, reconcile with actual usage after.
+"""Budget gate, keyed by tenant: a tenant's spend in a budget window never exceeds its limit.
 
-All of a tenant's spend lives in one keyed state, so requests are admitted one at a time:
-no concurrent burst can overspend. A request is reserved at its estimated cost (prompt
-tokens plus the configured expected output, at the role's prices); when the tenant's
-window is spent it is downgraded to the cheapest allowed role that fits and is affordable,
-or refused with the reason. CostRecords from `routing.metrics` (actual usage) replace
-reservations as they arrive.
+All of a tenant's spend lives in one keyed state, so requests are admitted one at a time.
+The invariant (docs/architecture.md, "A budget is a cap") rests on three rules:
 
-Budget windows are measured in event time (`sent_at`), so a replay admits the same way,
-given the same usage reports in the same order.
+- **Reserve the most a request can cost.** Every call the answering policy may make for
+  the event (primary or pinned; verify; re-route: see operators/answering.py) is reserved
+  at its input (the guard's counted prompt, plus the largest draft for the verifier,
+  times `1 + budgets.input_token_margin`) and its output cap (`BudgetConfig.output_cap`,
+  which is also the `max_tokens` sent), priced at the dearest role of its fallback chain.
+  When the window cannot hold that, the request is downgraded to the cheapest allowed
+  role whose reservation fits, or refused with the reason.
+- **Windows on processing time.** The window is the gate's clock (wall clock in
+  production), never the producer's `sent_at`, and it only moves forward.
+- **Reconcile in the reservation's window.** Each window keeps its own committed spend:
+  open reservations plus reconciled actual costs. A CostRecord settles its call's
+  reservation in the window that reservation was made in (a late record never touches
+  the current one); a record is applied at most once; a reservation stays open (and
+  counted) across window rolls until its record arrives. A pinned or re-route record
+  ends the event (no call follows it) and releases what its other calls did not use;
+  reservations for calls that never happen stay counted until their window ends.
+
+Amounts are whole nano-dollars, so "at or under the limit" is exact arithmetic.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
-from operators.answering import Dispatch
+from operators.answering import DRAFT_OVERHEAD_TOKENS, CallPurpose, Dispatch
 from operators.context_guard import PromptPlan
+from operators.prompt_messages import turn_messages
 from operators.routing import RoutePlan
-from providers.base import Message
-from schemas.decisions import RoutingDecision
-from schemas.governance import GovernanceConfig
+from schemas.decisions import ModelRole, RoutingDecision
+from schemas.governance import GovernanceConfig, TenantBudget
 from schemas.metrics import CostRecord
+from schemas.normalize import normalize_tenant_id
 from schemas.validation import ValidationFailure
 from splitpin import metrics
 
+log = logging.getLogger(__name__)
+
 MAX_OPEN_RESERVATIONS = 10_000
-"""Reservations waiting for usage; older ones are forgotten (their estimate stays spent)."""
+"""Events with open reservations per tenant; the oldest beyond this is closed with its
+reserved amount kept as spent (conservative), bounding the state."""
+
+NANOS_PER_USD = 1_000_000_000
+CALL_PURPOSES: frozenset[str] = frozenset(get_args(CallPurpose)) - {"replan"}
+"""Purposes whose record, once its slot is settled, is a duplicate. A `replan` (after a
+provider's context-length error) takes the place of the primary, verify and re-route
+calls, none of which cost anything or can follow: its record draws on the event's open
+slots first (see INSTEAD_PURPOSES)."""
+TERMINAL_PURPOSES: frozenset[str] = frozenset({"pinned", "reroute", "replan"})
+"""No call follows these in operators/answering.py: their record ends the event."""
+INSTEAD_PURPOSES: frozenset[str] = frozenset({"replan"})
+"""Calls made only instead of all the others: they reserve only what the others' sum
+lacks of their own bound."""
+
+
+def _nanos_up(usd: float) -> int:
+    return math.ceil(usd * NANOS_PER_USD)
+
+
+def _nanos_down(usd: float) -> int:
+    return math.floor(usd * NANOS_PER_USD)
+
+
+def _usd(nanos: int) -> float:
+    return nanos / NANOS_PER_USD
+
+
+@dataclass(frozen=True, slots=True)
+class CallBound:
+    """The most one call may cost: its input and capped output at the dearest link."""
+
+    purpose: CallPurpose
+    role: ModelRole
+    tokens_in: int
+    tokens_out: int
+    max_cost_usd: float
+
+    @property
+    def nanos(self) -> int:
+        return _nanos_up(self.max_cost_usd)
+
+
+@dataclass
+class WindowSpend:
+    """One budget window of one tenant, in nano-dollars."""
+
+    reserved: int = 0
+    """Open reservations made in this window and not yet settled."""
+    actual: int = 0
+    """Reconciled actual costs of calls reserved in this window."""
+
+    @property
+    def committed(self) -> int:
+        return self.reserved + self.actual
+
+
+@dataclass
+class Reservation:
+    window_start: float
+    open: dict[str, int]
+    """Call purpose -> nano-dollars still reserved for that call."""
 
 
 @dataclass
 class TenantLedger:
-    window_start: datetime | None = None
-    spent_usd: float = 0.0
-    """Reserved estimates plus reconciled actuals, in the current window."""
-    open_reservations: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    current: float | None = None
+    """Start (epoch seconds, processing time) of the newest window: it never moves back."""
+    windows: dict[float, WindowSpend] = field(default_factory=dict)
+    reservations: OrderedDict[str, Reservation] = field(default_factory=OrderedDict)
     reconciled: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """record_ids already applied: a CostRecord re-emitted after a crash is counted once."""
+    unmatched_usd: float = 0.0
+    """Cost of records with no open reservation (already settled, evicted, or unknown):
+    their spend is already counted by the reservation that covered them."""
+
+    def spend(self, window: float) -> WindowSpend:
+        return self.windows.setdefault(window, WindowSpend())
+
+    @property
+    def spent_usd(self) -> float:
+        """Committed spend (reservations + actuals) in the current window."""
+        if self.current is None or self.current not in self.windows:
+            return 0.0
+        return _usd(self.windows[self.current].committed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,96 +144,229 @@ class Verdict:
     action: Literal["allow", "downgrade", "refuse"]
     plan: PromptPlan | None
     cost_usd: float
+    """The reservation (0 when refused): the sum of `calls`' bounds, except that a call
+    made only instead of the others (a re-plan) adds only what their sum lacks."""
     reason: str | None = None
+    calls: tuple[CallBound, ...] = ()
 
 
 @dataclass
 class BudgetGate:
     governance: GovernanceConfig
+    clock: Callable[[], float] = time.time
+    """Processing time, epoch seconds: injectable for tests, the wall clock in production."""
 
     def admit(self, ledger: TenantLedger, routed: RoutePlan) -> Verdict:
         event = routed.observation.event
-        budgets = self.governance.budgets
-        tenant = budgets.for_tenant(event.tenant_id)
-        self._roll(ledger, event.sent_at)
-        remaining = tenant.limit_usd - ledger.spent_usd
+        tenant = self.governance.budgets.for_tenant(event.tenant_id)
+        window = self._roll(ledger)
+        limit = _nanos_down(tenant.limit_usd)
+        remaining = max(0, limit - ledger.spend(window).committed)
         if routed.plan is None:
             return Verdict("refuse", None, 0.0, "context overflow: nothing dispatched")
+        pinned = routed.choice.pinned
 
-        replies = self.governance.replies
-        verified = (
-            not routed.choice.pinned
-            and (routed.choice.tier != "trivial" or replies.verify_trivial)
-            and tenant.allows(replies.verifier_role)
-        )
+        def calls(plan: PromptPlan) -> tuple[CallBound, ...]:
+            return self.call_bounds(plan, pinned=pinned, tenant=tenant)
 
-        def cost(plan: PromptPlan) -> float:
-            return self.estimate(plan, verified=verified)
+        def cost(plan: PromptPlan) -> int:
+            return sum(_amounts(calls(plan)).values())
 
         allowed = tenant.allowed_roles
         chosen = routed.plan
         candidates = [p for p in routed.alternatives if allowed is None or p.role in allowed]
         chosen_allowed = allowed is None or chosen.role in allowed
         if chosen_allowed and cost(chosen) <= remaining:
-            return self._reserve(ledger, event.event_id, Verdict("allow", chosen, cost(chosen)))
+            return self._reserve(ledger, window, event.event_id, "allow", chosen, calls(chosen))
 
         affordable = sorted(
             (p for p in candidates if cost(p) <= remaining), key=lambda p: (cost(p), p.role)
         )
-        pinned = routed.choice.pinned
         budget_note = (
-            f"budget: {event.tenant_id} has ${remaining:.6f} of ${tenant.limit_usd:.2f} left "
-            f"in the window from {ledger.window_start:%Y-%m-%dT%H:%M}Z"
+            f"budget: {event.tenant_id} has ${_usd(remaining):.6f} of ${tenant.limit_usd:.2f} "
+            f"left in the window from {_when(window)}"
         )
         if chosen_allowed:
-            why = f"{budget_note}; {chosen.role} would cost ${cost(chosen):.6f}"
+            why = f"{budget_note}; {chosen.role} would reserve ${_usd(cost(chosen)):.6f}"
         else:
             why = f"role {chosen.role} is not allowed for tenant {event.tenant_id}"
         if affordable and not pinned:
             best = affordable[0]
-            verdict = Verdict("downgrade", best, cost(best), f"{why}; downgraded to {best.role}")
-            return self._reserve(ledger, event.event_id, verdict)
+            return self._reserve(
+                ledger,
+                window,
+                event.event_id,
+                "downgrade",
+                best,
+                calls(best),
+                f"{why}; downgraded to {best.role}",
+            )
         if pinned:
             return Verdict("refuse", None, 0.0, f"{why}; the role is pinned")
         if not chosen_allowed:
             why = f"{why}; {budget_note}"
         return Verdict("refuse", None, 0.0, f"{why}; no allowed role is affordable")
 
-    def estimate(self, plan: PromptPlan, *, verified: bool) -> float:
-        """The answer at the expected length, plus its verification when one follows."""
+    def call_bounds(
+        self, plan: PromptPlan, *, pinned: bool, tenant: TenantBudget
+    ) -> tuple[CallBound, ...]:
+        """Every call operators/answering.py may make for a request planned as `plan`."""
+        gov = self.governance
+        replies = gov.replies
+        prompt = plan.prompt_tokens
+        bounds = [self._bound("pinned" if pinned else "primary", plan.role, prompt)]
+        if pinned:  # one call; a failure or violation gets the safe reply
+            return tuple(bounds)
+        if tenant.allows(replies.verifier_role):  # after an answer, or instead of a failed one
+            draft = gov.budgets.output_cap(gov.roles[plan.role]) + DRAFT_OVERHEAD_TOKENS
+            bounds.append(self._bound("verify", replies.verifier_role, prompt + draft))
+        if tenant.allows(replies.reroute_role) and replies.reroute_role != plan.role:
+            bounds.append(self._bound("reroute", replies.reroute_role, prompt))
+        # A provider's context-length error on the primary re-plans it, once, to a
+        # fit_order role with a larger window, with the whole planned prompt.
+        replans = [
+            self._bound("replan", name, prompt)
+            for name in gov.context.fit_order
+            if name != plan.role and name in gov.roles and tenant.allows(name)
+        ]
+        if replans:
+            bounds.append(max(replans, key=lambda b: b.max_cost_usd))
+        return tuple(bounds)
+
+    def reservation_usd(self, plan: PromptPlan, *, pinned: bool, tenant_id: str) -> float:
+        """What admitting `plan` reserves: the sum of its calls' bounds."""
+        tenant = self.governance.budgets.for_tenant(tenant_id)
+        return _usd(sum(_amounts(self.call_bounds(plan, pinned=pinned, tenant=tenant)).values()))
+
+    def _bound(self, purpose: CallPurpose, role_name: ModelRole, counted_in: int) -> CallBound:
+        roles = self.governance.roles
         budgets = self.governance.budgets
-        role = self.governance.roles[plan.role]
-        estimate = role.cost_usd(plan.prompt_tokens, budgets.expected_output_tokens)
-        if verified:
-            verifier = self.governance.roles[self.governance.replies.verifier_role]
-            estimate += verifier.cost_usd(plan.prompt_tokens, budgets.expected_verify_output_tokens)
-        return estimate
+        role = roles[role_name]
+        tokens_in = budgets.input_bound(counted_in)
+        tokens_out = budgets.output_cap(role)  # what is sent; a fallback clamps further
+        chain = [roles[link] for link in (role_name, *role.fallback) if link in roles]
+        cost = max(link.cost_usd(tokens_in, tokens_out) for link in chain)
+        return CallBound(purpose, role_name, tokens_in, tokens_out, cost)
 
     def reconcile(self, ledger: TenantLedger, record: CostRecord) -> None:
-        """Actual usage replaces the reservation; further calls for the event add to it."""
+        """The call's actual cost replaces its reservation, in the reservation's window."""
         if record.record_id in ledger.reconciled:
             return
         ledger.reconciled[record.record_id] = None
         while len(ledger.reconciled) > MAX_OPEN_RESERVATIONS:
             ledger.reconciled.popitem(last=False)
-        reserved = ledger.open_reservations.pop(record.event_id, 0.0)
-        ledger.spent_usd += record.cost_usd - reserved
+        reservation = ledger.reservations.get(record.event_id)
+        prefix, _, purpose = record.record_id.rpartition(":")
+        if prefix != record.event_id:
+            purpose = ""
+        if reservation is None or (purpose in CALL_PURPOSES and purpose not in reservation.open):
+            ledger.unmatched_usd += record.cost_usd  # covered by a settled or closed reservation
+            return
+        spend = ledger.spend(reservation.window_start)
+        cost = round(record.cost_usd * NANOS_PER_USD)  # records carry 9 decimals
+        own = reservation.open.pop(purpose, 0)
+        spend.reserved -= own
+        spend.actual += cost
+        excess = cost - own
+        for other in list(reservation.open):  # a call over its bound draws on its siblings
+            if excess <= 0:
+                break
+            take = min(excess, reservation.open[other])
+            reservation.open[other] -= take
+            spend.reserved -= take
+            excess -= take
+        if excess > 0:
+            log.warning(
+                "budget: %s cost $%.9f more than its reservation (tenant %s)",
+                record.record_id,
+                _usd(excess),
+                record.tenant_id,
+            )
+        if purpose in TERMINAL_PURPOSES:
+            spend.reserved -= sum(reservation.open.values())
+            reservation.open.clear()
+        if not reservation.open:
+            del ledger.reservations[record.event_id]
+        self._prune(ledger)
 
-    def _reserve(self, ledger: TenantLedger, event_id: str, verdict: Verdict) -> Verdict:
-        ledger.spent_usd += verdict.cost_usd
-        ledger.open_reservations[event_id] = verdict.cost_usd
-        while len(ledger.open_reservations) > MAX_OPEN_RESERVATIONS:
-            ledger.open_reservations.popitem(last=False)
-        return verdict
+    def remaining_usd(self, ledger: TenantLedger, tenant_id: str) -> float:
+        """What the current window still admits, in [0, limit] (the gauge's value)."""
+        limit = self.governance.budgets.for_tenant(tenant_id).limit_usd
+        return min(limit, max(0.0, limit - ledger.spent_usd))
 
-    def _roll(self, ledger: TenantLedger, sent_at: datetime) -> None:
+    def _reserve(
+        self,
+        ledger: TenantLedger,
+        window: float,
+        event_id: str,
+        action: Literal["allow", "downgrade"],
+        plan: PromptPlan,
+        calls: tuple[CallBound, ...],
+        reason: str | None = None,
+    ) -> Verdict:
+        self._close(ledger, event_id)  # a repeated admission never un-counts the first
+        open_ = _amounts(calls)
+        ledger.spend(window).reserved += sum(open_.values())
+        ledger.reservations[event_id] = Reservation(window, open_)
+        while len(ledger.reservations) > MAX_OPEN_RESERVATIONS:
+            self._close(ledger, next(iter(ledger.reservations)))
+        total = sum(open_.values())
+        return Verdict(action, plan, _usd(total), reason, calls)
+
+    def _close(self, ledger: TenantLedger, event_id: str) -> None:
+        """Forget a reservation, keeping its open amount as spent in its window."""
+        reservation = ledger.reservations.pop(event_id, None)
+        if reservation is None:
+            return
+        spend = ledger.spend(reservation.window_start)
+        held = sum(reservation.open.values())
+        spend.reserved -= held
+        spend.actual += held
+
+    def _roll(self, ledger: TenantLedger) -> float:
+        """The current window on the gate's clock; it never moves back."""
         window_s = self.governance.budgets.window_s
-        start_s = math.floor(sent_at.timestamp() / window_s) * window_s
-        start = datetime.fromtimestamp(start_s, tz=UTC)
-        if ledger.window_start is None or start > ledger.window_start:
-            ledger.window_start = start
-            ledger.spent_usd = 0.0
-            ledger.open_reservations.clear()
+        now = self.clock()
+        start = math.floor(now / window_s) * window_s if math.isfinite(now) else math.nan
+        if math.isfinite(start) and (ledger.current is None or start > ledger.current):
+            ledger.current = float(start)
+            self._prune(ledger)
+        if ledger.current is None:
+            ledger.current = 0.0
+        ledger.spend(ledger.current)
+        return ledger.current
+
+    def _prune(self, ledger: TenantLedger) -> None:
+        """Past windows matter only while a reservation there is open."""
+        for start in [w for w, s in ledger.windows.items() if w != ledger.current]:
+            if ledger.windows[start].reserved <= 0:
+                del ledger.windows[start]
+
+
+def _amounts(calls: tuple[CallBound, ...]) -> dict[str, int]:
+    """Nano-dollars reserved per call: its bound; for a call made only instead of all the
+    others, what their sum lacks (its record draws on theirs first)."""
+    amounts: dict[str, int] = {
+        b.purpose: b.nanos for b in calls if b.purpose not in INSTEAD_PURPOSES
+    }
+    together = sum(amounts.values())
+    for bound in calls:
+        if bound.purpose in INSTEAD_PURPOSES:
+            amounts[bound.purpose] = max(0, bound.nanos - together)
+    return amounts
+
+
+def _when(start: float) -> str:
+    try:
+        return f"{datetime.fromtimestamp(start, tz=UTC):%Y-%m-%dT%H:%M}Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{start:.0f} s after the epoch"
+
+
+def gauge_tenant(governance: GovernanceConfig, tenant_id: str) -> str:
+    """The gauge's label: a configured tenant's id, else `other` (a bounded label set)."""
+    normalized = normalize_tenant_id(tenant_id)
+    return normalized if normalized in governance.known_tenants() else "other"
 
 
 def build_decision(
@@ -160,11 +384,15 @@ def build_decision(
         reasons.append(f"cache: same question as {routed.cache_hit_of}, decision reused")
     if verdict.reason is not None:
         reasons.append(verdict.reason)
+    # Ingest dead-letters unknown tenants when tenancy.unknown says so; one that got here
+    # anyway (None) was served under the defaults, which is what the decision says.
+    policy = governance.tenant_policy(event.tenant_id) or "default"
     decision = RoutingDecision(
         decision_id=event.event_id,
         event_id=event.event_id,
         conversation_id=event.conversation_id,
         tenant_id=event.tenant_id,
+        tenant_policy=policy,
         channel=event.channel,
         sent_at=event.sent_at,
         session_id=obs.session_id,
@@ -215,26 +443,13 @@ BudgetInput = RoutePlan | CostRecord
 BudgetOutput = RoutingDecision | ValidationFailure | Dispatch
 
 
-_MESSAGE_ROLES: dict[str, Literal["user", "assistant"]] = {
-    "customer": "user",
-    "agent": "assistant",
-    "system": "user",
-}
-
-
 def build_dispatch(
     routed: RoutePlan, decision: RoutingDecision, plan: PromptPlan | None
 ) -> Dispatch:
     """What the model stage needs besides the decision: the planned prompt's turns."""
     included = plan.included_turns if plan is not None else 0
     turns = routed.window[len(routed.window) - included :] if included else ()
-    messages = tuple(
-        Message(
-            role=_MESSAGE_ROLES.get(turn.role, "user"),
-            content=turn.text if turn.role != "system" else f"[system] {turn.text}",
-        )
-        for turn in turns
-    )
+    messages = turn_messages(turns)
     summary = plan.summary if plan is not None else ""
     return Dispatch(decision, messages, summary, dispatched_at=time.time())
 
@@ -242,7 +457,7 @@ def build_dispatch(
 class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
     def __init__(self, gate: BudgetGate, resume: bytes | None) -> None:
         self._gate = gate
-        self._ledger = TenantLedger() if resume is None else pickle.loads(resume)
+        self._ledger = TenantLedger() if resume is None else _restore(gate, resume)
 
     def on_item(self, value: BudgetInput) -> tuple[list[BudgetOutput], bool]:
         if isinstance(value, CostRecord):
@@ -265,11 +480,25 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
         return out, StatefulLogic.RETAIN
 
     def _report_remaining(self, tenant_id: str) -> None:
-        limit = self._gate.governance.budgets.for_tenant(tenant_id).limit_usd
-        metrics.BUDGET_REMAINING.labels(tenant_id).set(limit - self._ledger.spent_usd)
+        label = gauge_tenant(self._gate.governance, tenant_id)
+        remaining = self._gate.remaining_usd(self._ledger, tenant_id)
+        metrics.BUDGET_REMAINING.labels(label).set(remaining)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _restore(gate: BudgetGate, resume: bytes) -> TenantLedger:
+    """A snapshot's ledger; one from before per-window ledgers keeps its spend as spent
+    in the current window (conservative), its open reservations folded in."""
+    ledger = pickle.loads(resume)
+    if isinstance(ledger, TenantLedger) and "windows" in vars(ledger):
+        return ledger
+    old = vars(ledger) if hasattr(ledger, "__dict__") else {}
+    fresh = TenantLedger()
+    window = gate._roll(fresh)
+    fresh.spend(window).actual = _nanos_up(float(old.get("spent_usd", 0.0)))
+    return fresh
 
 
 def gate_budgets(

@@ -40,6 +40,10 @@ class RoutingDecision(WireModel):
     event_id: str
     conversation_id: str
     tenant_id: str
+    tenant_policy: Literal["configured", "default"] = Field(
+        description="configured: the tenant is named in the governance config; default: an "
+        "unknown tenant served under budgets.default (tenancy.unknown: default)."
+    )
     channel: Channel
     sent_at: AwareDatetime
     session_id: str = Field(description="conversation_id plus the session's first event_id.")
@@ -66,6 +70,10 @@ class RoutingDecision(WireModel):
         default=None, description="event_id whose decision was reused (short-circuit cache)."
     )
     estimated_cost_usd: float = Field(
-        default=0.0, ge=0, description="The budget reservation: prompt + expected output."
+        default=0.0,
+        ge=0,
+        description="The budget reservation: the most every call this event may make can "
+        "cost (each at its counted input plus margin and its capped max_tokens, priced at "
+        "the dearest role of its fallback chain). 0 when refused.",
     )
     features: dict[str, FeatureValue] = Field(default_factory=dict)

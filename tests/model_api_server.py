@@ -56,6 +56,7 @@ class Behaviour:
     require_stream: bool = False
     omit_usage: bool = False  # OpenAI-compatible servers that report no usage
     cite_first_source: bool = False  # answer citing the first [InternalDoc-N] in the prompt
+    token_logprobs: tuple[float, ...] = ()  # OpenAI: sent as choices[0].logprobs when given
 
 
 def succeed(
@@ -478,6 +479,10 @@ def _usage(b: Behaviour, body: dict[str, Any]) -> tuple[int, int]:
     if tokens_in is None:
         tokens_in = _words(body.get("system", "")) + _words(body.get("messages", []))
     tokens_out = b.tokens_out if b.tokens_out is not None else max(1, len(b.text.split()))
+    # Like the real APIs, never more output than the request's max_tokens allows.
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    if isinstance(limit, int) and limit > 0:
+        tokens_out = min(tokens_out, limit)
     return tokens_in, tokens_out
 
 
@@ -507,7 +512,15 @@ def _openai_completion(b: Behaviour, body: dict[str, Any], serial: int) -> dict[
                 "index": 0,
                 "message": {"role": "assistant", "content": b.text},
                 "finish_reason": "stop",
-                "logprobs": None,
+                "logprobs": {
+                    "content": [
+                        {"token": f"t{i}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                        for i, lp in enumerate(b.token_logprobs)
+                    ],
+                    "refusal": None,
+                }
+                if b.token_logprobs
+                else None,
             }
         ],
         "usage": None
