@@ -1,12 +1,17 @@
 """Routing: a classified turn plus its conversation state becomes a RoutePlan.
 
-Policy (governance `routing`): compliance (a pinning tag, or a compliance intent the
-classifier is sure enough of) goes to the pinned role whatever the size; small talk in a
-short conversation to the trivial role; short bounded requests to `fast`; extended
+Policy (governance `routing`): compliance (a pinning tag, compared without case or
+surrounding space, or a compliance intent the classifier is sure enough of in the whole
+message or in any one of its pieces) goes to the pinned role whatever the size; small
+talk in a short conversation to the trivial role; short bounded requests to `fast`; extended
 conversations to `long_context`. Then the context-window guard: the prompt the role would
 receive is counted in its tokenizer; a role whose window is too small is replaced by one
 that fits (unless pinned), else older turns are compacted into a summary, else the request
 is refused with ContextOverflow and no model is called.
+
+The short-circuit cache keeps only the unpinned choice, keyed by the normalised text and
+tags; the pin is decided again from every event (its tags and its own classification), so
+no cached choice can lift a pin.
 
 Only customer turns are routed: agent and system turns update the state but nobody
 expects a model to answer them.
@@ -34,6 +39,7 @@ from operators.conversation_state import (
 from schemas.decisions import FeatureValue, ModelRole, Tier
 from schemas.events import ConversationEvent
 from schemas.governance import GovernanceConfig
+from schemas.normalize import normalize_tag
 from splitpin import metrics
 from splitpin.router.classifier import Classification
 
@@ -77,6 +83,15 @@ class RoutePlan:
     """The conversation's recent turns at this point; the prompt's messages come from them."""
 
 
+CacheKey = str
+"""Normalised text and sorted normalised tags: a choice is reused only under the same tags."""
+
+
+def cache_key(event: ConversationEvent) -> CacheKey:
+    tags = sorted({normalize_tag(t) for t in event.tags})
+    return "\x1f".join([normalize(event.text), *tags])
+
+
 @dataclass(frozen=True, slots=True)
 class _CacheEntry:
     event_id: str
@@ -109,13 +124,15 @@ class Router:
         if observation.event.role != "customer":
             return None
         started = time.perf_counter()
-        key = normalize(observation.event.text)
+        key = cache_key(observation.event)
         cached = self._cache_lookup(state, key, observation.event.sent_at)
         if cached is not None:
-            choice, hit_of = cached.choice, cached.event_id
+            base, hit_of = cached.choice, cached.event_id
         else:
-            choice, hit_of = self.choose(observation, classification), None
-            self._cache_store(state, key, observation.event, choice)
+            base, hit_of = self.base_choice(observation, classification), None
+            self._cache_store(state, key, observation.event, base)
+        # Never cached: the pin always follows this event's tags and classification.
+        choice = self.pin(base, observation.event, classification)
         plan = self.guard(state, choice)
         return RoutePlan(
             observation=observation,
@@ -132,6 +149,14 @@ class Router:
 
     def choose(self, observation: TurnObservation, classification: Classification) -> RouteChoice:
         """The routing policy, before any window is checked."""
+        return self.pin(
+            self.base_choice(observation, classification), observation.event, classification
+        )
+
+    def base_choice(
+        self, observation: TurnObservation, classification: Classification
+    ) -> RouteChoice:
+        """Tier and role by size and small talk, never pinned: what the cache may keep."""
         routing = self.governance.routing
         size = observation.tokens.conversation
         tier: Tier
@@ -159,30 +184,58 @@ class Router:
             )
         if classification.out_of_scope:
             reasons.append(f"out of scope (score {classification.out_of_scope_score:.2f})")
-
-        pinned = False
-        event = observation.event
-        pinned_by = next((tag for tag in event.tags if tag in routing.tag_pins), None)
-        if routing.force_role is not None:
-            role, pinned = routing.force_role, True
-            reasons.append(f"single-model topology: routing.force_role pins {role}")
-        elif pinned_by is not None:
-            role, pinned = routing.tag_pins[pinned_by], True
-            reasons.append(f"tag:{pinned_by} pins role {role} regardless of size")
-        elif classification.compliance:
-            role, pinned = routing.compliance_role, True
-            reasons.append(
-                f"compliance intent {classification.intent} "
-                f"(mass {classification.compliance_score:.2f} >= "
-                f"{routing.compliance_min_confidence}) pins role {role}"
-            )
         return RouteChoice(
             tier=tier,
             role=role,
-            pinned=pinned,
+            pinned=False,
             reasons=tuple(reasons),
             intent=classification.intent,
             confidence=round(classification.intent_confidence, 4),
+            features=classification.features(),
+        )
+
+    def pin(
+        self, base: RouteChoice, event: ConversationEvent, classification: Classification
+    ) -> RouteChoice:
+        """Apply the pins of this very event: force_role, a pinning tag (normalised), or a
+        compliance-bound message or piece. The one place a pin is decided."""
+        routing = self.governance.routing
+        pins = {normalize_tag(tag): role for tag, role in routing.tag_pins.items()}
+        tags = sorted({normalize_tag(tag) for tag in event.tags})
+        pinned_by = next((tag for tag in tags if tag in pins), None)
+        reasons = list(base.reasons)
+        role: ModelRole
+        if routing.force_role is not None:
+            role = routing.force_role
+            reasons.append(f"single-model topology: routing.force_role pins {role}")
+        elif pinned_by is not None:
+            role = pins[pinned_by]
+            reasons.append(f"tag:{pinned_by} pins role {role} regardless of size")
+        elif classification.compliance:
+            role = routing.compliance_role
+            if classification.unscanned_pieces:
+                reasons.append(
+                    f"compliance unscanned: {classification.unscanned_pieces} pieces > "
+                    f"classifier.max_pieces={self.governance.classifier.max_pieces} "
+                    f"(fail closed) pins role {role}"
+                )
+            else:
+                where = (
+                    f"piece {classification.compliance_piece} of the message"
+                    if classification.compliance_piece is not None
+                    else f"intent {classification.intent}"
+                )
+                reasons.append(
+                    f"compliance {where} (mass {classification.compliance_score:.2f} >= "
+                    f"{routing.compliance_min_confidence}) pins role {role}"
+                )
+        else:
+            return base
+        return replace(
+            base,
+            role=role,
+            pinned=True,
+            reasons=tuple(reasons),
             features=classification.features(),
         )
 
@@ -250,7 +303,7 @@ class Router:
         return _Guarded(chosen, None, alternatives, tuple(reasons))
 
     def _cache_lookup(
-        self, state: ConversationState, key: str, sent_at: datetime
+        self, state: ConversationState, key: CacheKey, sent_at: datetime
     ) -> _CacheEntry | None:
         entry: _CacheEntry | None = state.cache.get(key)
         ttl = timedelta(seconds=self.governance.cache.ttl_s)
@@ -259,7 +312,7 @@ class Router:
         return entry
 
     def _cache_store(
-        self, state: ConversationState, key: str, event: ConversationEvent, choice: RouteChoice
+        self, state: ConversationState, key: CacheKey, event: ConversationEvent, choice: RouteChoice
     ) -> None:
         capacity = self.governance.cache.max_entries
         if capacity == 0:

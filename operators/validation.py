@@ -3,17 +3,21 @@
 The incident: a lightweight model wrote `References: 1) InternalDoc-42` with no document
 attached. So a citation counts only if it names a source retrieved for this very request,
 compliance-bound replies must cite at least one, and configured policy patterns (asking
-for a PIN, echoing a card number) withhold a reply outright.
+for a PIN, echoing a card number) withhold a reply outright. A citation of a doc id the
+customer's own text names is withheld too (ForgedReference). A reply to a pinned decision
+from a role outside the compliance roles is withheld too: a pin cannot be lifted.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 from providers.base import ModelResult, SourceDoc
+from providers.prompting import canonical_doc_id, mentioned_doc_ids
+from schemas.decisions import ModelRole
 from schemas.governance import PolicyCheck
 
 
@@ -35,10 +39,30 @@ def validate_answer(
     *,
     require_citation: bool,
     policy_checks: Sequence[PolicyCheck],
+    pinned_to: Collection[ModelRole] | None = None,
+    customer_ids: Collection[str] = (),
 ) -> list[Violation]:
-    """Every reason not to deliver `result`; empty when it may go out."""
+    """Every reason not to deliver `result`; empty when it may go out.
+
+    `pinned_to`: for a pinned decision, the roles allowed to answer it (governance
+    `compliance_roles()`). Config validation already keeps pinned fallback chains inside
+    it; this is the last line, at the answer, should anything else let a pin slip.
+
+    `customer_ids`: doc ids the customer's own text names (`customer_doc_ids`). An answer
+    that cites or names one of them is a ForgedReference, attached or not: the customer
+    may have pasted a fake block under that label, and its words are not the source's.
+    """
     attached = {doc.doc_id: doc.source for doc in sources}
     violations: list[Violation] = []
+    if pinned_to is not None and result.role not in pinned_to:
+        violations.append(
+            Violation(
+                "pinned-role",
+                "PinViolation",
+                f"answered by {result.role} ({result.model_version}) but the decision is "
+                f"pinned to [{', '.join(sorted(pinned_to))}]",
+            )
+        )
     unattached = [c.doc_id for c in result.citations if attached.get(c.doc_id) != c.source]
     if unattached:
         violations.append(
@@ -47,6 +71,18 @@ def validate_answer(
                 "MissingReference",
                 f"cites {', '.join(unattached)} but the sources retrieved for this reply "
                 f"were [{', '.join(attached) or 'none'}]",
+            )
+        )
+    named = {canonical_doc_id(c.doc_id) for c in result.citations}
+    forged = sorted(set(customer_ids) & (named | mentioned_doc_ids(result.text)))
+    if forged:
+        violations.append(
+            Violation(
+                "citation-provenance",
+                "ForgedReference",
+                f"cites {', '.join(forged)}, which the customer's own message names: a "
+                "citation must rest on the source splitpin attached, not on text the "
+                "customer supplied under its label",
             )
         )
     cited = len(result.citations) - len(unattached)

@@ -1,7 +1,11 @@
 """The in-process classifier the flow calls: rules, then MiniLM + linear heads.
 
-Output is a pure function of the normalized text: no randomness, no dependence on the
-other texts of a batch (see embedder.py), and every exported score rounded to 4
+Compliance is read from the whole message and from each of its pieces (sentences, lines,
+windows over a long sentence; see `pieces`): a friendly preface or an injected instruction
+dilutes the whole message's compliance mass, never a piece's.
+
+Output is a pure function of the text's words and breaks: no randomness, no dependence on
+the other texts of a batch (see embedder.py), and every exported score rounded to 4
 decimals with the boolean decisions taken from the rounded scores. So a decision
 re-emitted after crash recovery is byte-identical, and replaying `routing.decisions`
 with `Classification.features()` reproduces every decision exactly.
@@ -10,8 +14,9 @@ with `Classification.features()` reproduces every decision exactly.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +52,17 @@ class Classification:
     compliance: bool  # compliance intent with prob mass >= compliance_min_confidence
     compliance_score: float
     rule: str | None  # name of the cheap rule that short-circuited, if any
+    compliance_piece: int | None = None
+    """Index (in `pieces(text)`) of the first piece whose own compliance mass reached the
+    threshold; None when the whole message did, or nothing did. A friendly preface or an
+    injected instruction dilutes the whole message's mass, never a piece's."""
+    unscanned_pieces: int = 0
+    """The message's piece count when it exceeds `classifier.max_pieces`: then it is
+    compliance-bound without its pieces being classified (fail closed), else 0."""
 
     def features(self) -> dict[str, float | str | bool]:
-        """Flat and JSON-friendly, for the decision record (`rule` is "" when none fired)."""
+        """Flat and JSON-friendly, for the decision record (`rule` is "" when none fired,
+        `compliance_piece` -1 when no piece alone made the message compliance-bound)."""
         return {
             "intent": self.intent,
             "intent_confidence": self.intent_confidence,
@@ -61,12 +74,44 @@ class Classification:
             "compliance": self.compliance,
             "compliance_score": self.compliance_score,
             "rule": self.rule or "",
+            "compliance_piece": -1 if self.compliance_piece is None else self.compliance_piece,
+            "unscanned_pieces": self.unscanned_pieces,
         }
 
 
 def model_input(text: str, max_seq_tokens: int) -> str:
     """The exact string the transformer and the n-gram features see (training uses it too)."""
     return normalize(text)[: max_seq_tokens * CHARS_PER_TOKEN_CAP]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n\s*")
+
+
+def pieces(text: str, max_seq_tokens: int) -> list[str]:
+    """The parts of a message classified on their own for compliance: its sentences, and
+    windows over a sentence too long for one transformer input. [] for a single short
+    sentence (the whole message is then its only piece).
+
+    Windows are `max_seq_tokens // 2` words with a half-window stride, so every word sits
+    in the first half of some window: WordPiece (about 1.3 tokens per English word) only
+    truncates a window's tail, and that tail is the head of the next window.
+    """
+    width = max(max_seq_tokens // 2, 2)
+    stride = width // 2
+    out: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        words = sentence.split()
+        if not words:
+            continue
+        if len(words) <= width:
+            out.append(" ".join(words))
+            continue
+        for start in range(0, len(words), stride):
+            out.append(" ".join(words[start : start + width]))
+    unique = list(dict.fromkeys(out))
+    if len(unique) == 1 and len(out) == 1:
+        return []
+    return unique
 
 
 def _r(x: float) -> float:
@@ -78,6 +123,24 @@ def resolve_artifacts_dir(path: Path) -> Path:
     from splitpin.settings import REPO_ROOT
 
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def check_labels(bundle: HeadBundle, routing: RoutingConfig) -> None:
+    """The config names only labels the trained heads know (ConfigError naming the field)."""
+    unknown = sorted(set(routing.compliance_intents) - set(bundle.intent.labels))
+    if unknown:
+        msg = f"routing.compliance_intents: {unknown} are not banking77 intents"
+        raise ConfigError(msg)
+    missing = sorted({r.domain_intent for r in rules.RULES} - set(bundle.domain.labels))
+    if missing:
+        msg = f"rules name CLINC150 intents the domain head lacks: {missing}"
+        raise ConfigError(msg)
+
+
+def check_artifacts(classifier: ClassifierConfig, routing: RoutingConfig) -> None:
+    """What `Classifier.load` rejects, without loading the transformer: verified artifacts
+    and known labels. `splitpin config validate` calls it so it rejects what `run` does."""
+    check_labels(read_bundle(resolve_artifacts_dir(classifier.artifacts_dir)), routing)
 
 
 class Classifier:
@@ -95,19 +158,12 @@ class Classifier:
         self._bundle = bundle
         self._config = config
         self._routing = routing
+        check_labels(bundle, routing)
         labels = bundle.intent.labels
-        unknown = sorted(set(routing.compliance_intents) - set(labels))
-        if unknown:
-            msg = f"routing.compliance_intents: {unknown} are not banking77 intents"
-            raise ConfigError(msg)
         self._compliance_idx = np.array(
             [labels.index(i) for i in routing.compliance_intents], dtype=np.intp
         )
         domain = bundle.domain.labels
-        missing = sorted({r.domain_intent for r in rules.RULES} - set(domain))
-        if missing:
-            msg = f"rules name CLINC150 intents the domain head lacks: {missing}"
-            raise ConfigError(msg)
         self._oos_idx = domain.index(OOS_LABEL)
         self._in_scope_mask = np.ones(len(domain), dtype=bool)
         self._in_scope_mask[self._oos_idx] = False
@@ -152,22 +208,72 @@ class Classifier:
         return self.classify_batch([text])[0]
 
     def classify_batch(self, texts: Sequence[str]) -> list[Classification]:
-        """One ONNX pass for the distinct texts no rule settles; order preserved."""
-        keys = [normalize(t) for t in texts]
-        results: dict[str, Classification] = {}
-        pending: list[str] = []
+        """One ONNX pass for the distinct texts no rule settles and for the pieces of the
+        multi-sentence or long ones (see `pieces`); order preserved. A result depends on
+        the text's words and its sentence and line breaks, never on the rest of the batch."""
+        max_seq = self._config.max_seq_tokens
+        keys = [(normalize(t), tuple(pieces(t, max_seq))) for t in texts]
+        results: dict[tuple[str, tuple[str, ...]], Classification] = {}
+        pending: list[tuple[str, tuple[str, ...]]] = []
         for key in dict.fromkeys(keys):
-            rule = rules.match(key)
+            rule = rules.match(key[0])
             if rule is None:
                 pending.append(key)
             else:
                 results[key] = self._from_rule(rule)
-        if pending:
-            cut = [model_input(k, self._config.max_seq_tokens) for k in pending]
-            embeddings = self._embedder.embed(cut, max_batch=max(self._config.batch_size, 1))
-            for key, text, emb in zip(pending, cut, embeddings, strict=True):
-                results[key] = self._from_model(text, emb)
+        if not pending:
+            return [results[k] for k in keys]
+        # Pieces a rule settles ("Hi!", "Thanks.") are small talk: never compliance-bound.
+        cap = self._config.max_pieces
+        piece_texts = {
+            model_input(p, max_seq)
+            for _, parts in pending
+            if len(parts) <= cap
+            for p in parts
+            if rules.match(p) is None
+        }
+        cut = [model_input(whole, max_seq) for whole, _ in pending]
+        inputs = list(dict.fromkeys([*cut, *sorted(piece_texts)]))
+        embeddings = self._embedder.embed(inputs, max_batch=max(self._config.batch_size, 1))
+        row_of = {text: i for i, text in enumerate(inputs)}
+        piece_mass: dict[str, float] = {}
+        for key, text in zip(pending, cut, strict=True):
+            whole = self._from_model(text, embeddings[row_of[text]])
+            results[key] = self._pinned_by_piece(whole, key[1], embeddings, row_of, piece_mass)
         return [results[k] for k in keys]
+
+    def _pinned_by_piece(
+        self,
+        whole: Classification,
+        parts: tuple[str, ...],
+        embeddings: npt.NDArray[np.float32],
+        row_of: dict[str, int],
+        piece_mass: dict[str, float],
+    ) -> Classification:
+        """The whole message's classification, made compliance-bound by its first piece
+        whose own compliance mass reaches the threshold (intent and tier stay the whole's)."""
+        if whole.compliance:
+            return whole
+        if len(parts) > self._config.max_pieces:
+            return replace(whole, compliance=True, unscanned_pieces=len(parts))
+        threshold = self._routing.compliance_min_confidence
+        for index, part in enumerate(parts):
+            text = model_input(part, self._config.max_seq_tokens)
+            if text not in row_of:
+                continue  # settled by a rule: small talk
+            mass = piece_mass.get(text)
+            if mass is None:
+                mass = piece_mass[text] = self._compliance_mass(text, embeddings[row_of[text]])
+            if mass >= threshold:
+                return replace(
+                    whole, compliance=True, compliance_score=mass, compliance_piece=index
+                )
+        return whole
+
+    def _compliance_mass(self, text: str, embedding: npt.NDArray[np.float32]) -> float:
+        bundle = self._bundle
+        p_intent = bundle.intent.proba(embedding, bundle.featurizer.transform(text))
+        return _r(p_intent[self._compliance_idx].sum())
 
     def intent_probabilities(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """(n, len(intent_labels)) banking77 head probabilities, columns as `intent_labels`.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from splitpin.settings import REPO_ROOT
@@ -36,3 +37,44 @@ def test_broken_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     result = _validate(str(path))
     assert result.returncode == 2
     assert "budgets.tenants.acme-bank.limit_usd" in result.stderr
+
+
+def _broken(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
+    data = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "governance.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        # `run` rejected it when loading the classifier; `config validate` accepted it.
+        (
+            lambda d: d["routing"].update(compliance_intents=["lost_or_stolen_kard"]),
+            "routing.compliance_intents: ['lost_or_stolen_kard']",
+        ),
+        (
+            lambda d: d["roles"]["verifier"].update(context_window=9_000, max_output_tokens=8_192),
+            "roles.verifier.context_window",
+        ),
+        (
+            lambda d: d["roles"]["compliance"].update(fallback=["fast"]),
+            "roles.compliance.fallback",
+        ),
+    ],
+)
+def test_validate_rejects_what_run_rejects(tmp_path: Path, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    path = _broken(tmp_path, mutate)
+    result = _validate(str(path))
+    assert result.returncode == 2, result.stdout
+    assert field in result.stderr
+    # ... and `run` refuses the same file at start-up, naming the same field.
+    from flows.routing_flow import build_flow
+    from splitpin.errors import ConfigError
+    from splitpin.settings import load_settings
+
+    with pytest.raises(ConfigError) as excinfo:
+        build_flow(load_settings(governance_path=path))
+    assert field in str(excinfo.value)

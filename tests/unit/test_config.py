@@ -42,6 +42,24 @@ def test_shipped_config_is_valid() -> None:
         (lambda d: d["conversation"].update(session_gap_s={"chat": 60}), "email"),
         (lambda d: d["roles"]["fast"].update(max_output_tokens=10**7), "max_output_tokens"),
         (lambda d: d.update(surprise=1), "surprise"),
+        # Issue 10: a window that cannot hold the maximum output plus the reserved prompt.
+        (
+            lambda d: d["roles"]["fast"].update(context_window=9_000, max_output_tokens=8_192),
+            "roles.fast.context_window: 9000 cannot hold",
+        ),
+        # Issue 10: a pinned role falling back to an unpinned one.
+        (
+            lambda d: d["roles"]["compliance"].update(fallback=["fast"]),
+            "roles.compliance.fallback: fast not in the compliance roles",
+        ),
+        (
+            lambda d: d["routing"].update(tag_pins={"legal": "verifier"}),
+            "routing.compliance_roles: lacks verifier, which routing.tag_pins.legal pins to",
+        ),
+        (
+            lambda d: d["replies"].update(reroute_role="long_context"),
+            "routing.compliance_roles: lacks long_context, which replies.reroute_role",
+        ),
     ],
 )
 def test_broken_governance_names_the_field(tmp_path: Path, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
@@ -101,3 +119,23 @@ def test_child_env_reproduces_the_settings(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv(name, value)
     reloaded = load_settings()
     assert reloaded.model_dump(exclude={"broker"}) == settings.model_dump(exclude={"broker"})
+
+
+def test_compliance_roles_default_to_the_pinned_roles(tmp_path: Path) -> None:
+    def widen(data: dict) -> None:  # type: ignore[type-arg]
+        data["routing"].pop("compliance_roles")
+        data["routing"]["tag_pins"] = {"compliance": "compliance", "legal": "verifier"}
+        data["roles"]["compliance"]["fallback"] = ["verifier"]
+
+    config = load_governance(_write(tmp_path, widen))
+    assert config.compliance_roles() == {"compliance", "verifier"}
+    assert config.pinned_roles()["verifier"] == "routing.tag_pins.legal"
+
+
+def test_a_window_that_holds_the_reserve_is_accepted(tmp_path: Path) -> None:
+    reserve = 8_192 + 900 + 512
+
+    def tight(data: dict) -> None:  # type: ignore[type-arg]
+        data["roles"]["fast"].update(context_window=reserve + 1, max_output_tokens=8_192)
+
+    assert load_governance(_write(tmp_path, tight)).roles["fast"].context_window == reserve + 1

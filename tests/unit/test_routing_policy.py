@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.routing_helpers import SHIPPED, Conversation, classification, governance
 
 
@@ -104,3 +106,61 @@ def test_repeated_question_within_ttl_reuses_the_decision() -> None:
 
 def test_agent_turns_are_not_routed() -> None:
     assert Conversation(SHIPPED).say("Let me check that for you.", role="agent") is None
+
+
+def test_cached_untagged_choice_never_serves_the_tagged_repeat() -> None:
+    """Issue 10: the same text first untagged then tagged `compliance` went to fast."""
+    conversation = Conversation(SHIPPED)
+    first = conversation.say("Can you help me with something?", at_s=0)
+    tagged = conversation.say("Can you help me with something?", at_s=30, tags=("compliance",))
+    assert first is not None and tagged is not None
+    assert first.choice.role == "fast" and not first.choice.pinned
+    assert (tagged.choice.role, tagged.choice.pinned) == ("compliance", True)
+    assert tagged.plan is not None and tagged.plan.role == "compliance"
+
+
+def test_cache_hit_never_lifts_a_pin_from_the_current_classification() -> None:
+    conversation = Conversation(SHIPPED)
+    conversation.say("my card", classification("card_arrival"), at_s=0)
+    again = conversation.say(
+        "My card!", classification("lost_or_stolen_card", compliance=True), at_s=10
+    )
+    assert again is not None and again.cache_hit_of == "c-1-0"  # the base choice is reused
+    assert (again.choice.role, again.choice.pinned) == ("compliance", True)
+
+
+def test_pinning_tags_are_compared_normalised() -> None:
+    """Ingest normalises tags too; the router does not rely on it (events built raw here)."""
+    conversation = Conversation(SHIPPED)
+    plan = conversation.say("hello", classification(trivial=True))
+    assert plan is not None and not plan.choice.pinned
+    state, observation = conversation.tracker.observe(
+        conversation.state,
+        plan.observation.event.model_copy(
+            update={
+                "event_id": "raw",
+                "tags": ("Compliance ",),
+                "sent_at": plan.observation.event.sent_at,
+            }
+        ),
+    )
+    assert observation is not None and state is not None
+    pinned = conversation.router.route(state, observation, classification(trivial=True))
+    assert pinned is not None and pinned.choice.pinned and pinned.choice.role == "compliance"
+    assert any(r.startswith("tag:compliance pins") for r in pinned.choice.reasons)
+
+
+def test_a_compliance_piece_pins_and_names_the_piece() -> None:
+    klass = replace(
+        classification("exchange_rate"), compliance=True, compliance_score=0.96, compliance_piece=2
+    )
+    plan = Conversation(SHIPPED).say("Hi! Lovely app. My card was stolen...", klass)
+    assert plan is not None and plan.choice.pinned and plan.choice.role == "compliance"
+    assert any("compliance piece 2 of the message" in r for r in plan.choice.reasons)
+
+
+def test_an_unscanned_message_is_pinned_and_says_why() -> None:
+    klass = replace(classification("exchange_rate"), compliance=True, unscanned_pieces=500)
+    plan = Conversation(SHIPPED).say("a. " * 500, klass)
+    assert plan is not None and plan.choice.pinned and plan.choice.role == "compliance"
+    assert any("compliance unscanned: 500 pieces" in r for r in plan.choice.reasons)
