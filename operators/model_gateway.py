@@ -1,7 +1,10 @@
 """One model call as the answering job sees it: retrieve sources, build the request, call.
 
-Runs on the call executor's event loop. Retrieval embeds text (CPU), so it goes to a
-thread to let other calls' network waits and emulated latencies overlap with it.
+Sources are built here and only here (and by the local fleet's own retrieval for small
+talk), from splitpin's knowledge bases; the request a provider receives has the customer's
+text neutralised (providers/prompting.py). Runs on the call executor's event loop.
+Retrieval embeds text (CPU), so it goes to a thread to let other calls' network waits and
+emulated latencies overlap with it.
 Provider errors become data (`CallOutcome.error_kind`): the job decides what follows.
 """
 
@@ -13,7 +16,7 @@ from typing import Protocol
 
 from operators.answering import CallOutcome, CallSpec
 from providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
-from providers.prompting import format_source
+from providers.prompting import format_source, quoted_request
 from schemas.governance import GovernanceConfig
 from splitpin.tokens import count_tokens
 
@@ -56,15 +59,19 @@ class ModelGateway:
     retriever: SourceFinder
 
     async def run(self, spec: CallSpec) -> CallOutcome:
-        sources = spec.sources
-        if sources is None:
-            sources = await asyncio.to_thread(self._retrieve, spec)
-        request = spec.request(sources)
+        request = await asyncio.to_thread(self._prepare, spec)
         try:
             result = await self.providers.complete(request)
         except ProviderError as exc:
             return CallOutcome(request, None, exc.kind, str(exc), exc.model or None)
         return CallOutcome(request, result)
+
+    def _prepare(self, spec: CallSpec) -> ModelRequest:
+        """The request as sent. Sources only ever come from splitpin's retriever (or an
+        earlier call's, kept on the job); the customer's words reach the model neutralised,
+        whatever the provider. Both cost CPU (embedding, Unicode folding): in a thread."""
+        sources = spec.sources if spec.sources is not None else self._retrieve(spec)
+        return quoted_request(spec.request(sources))
 
     def _retrieve(self, spec: CallSpec) -> tuple[SourceDoc, ...]:
         knowledge = self.governance.knowledge

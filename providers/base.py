@@ -40,7 +40,11 @@ class SourceDoc(_Frozen):
 
 
 class Message(_Frozen):
-    role: Literal["user", "assistant"]
+    """A conversation turn. `system` is a support-platform event, carried as its own role
+    (never as a user turn with a prefix a customer could type); the prompt builder renders
+    it under a header customer text cannot produce (providers/prompting.py)."""
+
+    role: Literal["user", "assistant", "system"]
     content: str
 
 
@@ -49,7 +53,7 @@ class Candidate(_Frozen):
 
     text: str
     doc_ids: tuple[str, ...]
-    confidence: float
+    confidence: float | None = Field(description="None: the model gave no signal.")
     model_version: str
 
 
@@ -78,7 +82,13 @@ class ModelResult(_Frozen):
     latency_ms: float = Field(ge=0, description="Wall time of the call (emulated if flagged).")
     model_version: str = Field(description="The exact version the provider reports.")
     provider: str
-    confidence: float = Field(default=1.0, ge=0, le=1)
+    confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="A measured signal (the local fleet's score margin, token logprobs where "
+        "a provider offers them); None when the provider gives none: unknown, not certain.",
+    )
     emulated: bool = False
     attempts: int = Field(default=1, ge=1, description="Calls made, retries included.")
 

@@ -57,6 +57,7 @@ from providers.knowledge_base import (
     content_words,
     rank,
 )
+from providers.prompting import quoted_request
 from schemas.decisions import ModelRole
 from schemas.governance import GovernanceConfig, RoleConfig
 from schemas.replies import Citation
@@ -361,7 +362,12 @@ class LocalResponder:
         return None
 
     def respond(self, request: ModelRequest) -> tuple[Answer, Usage]:
-        """The whole computation, synchronous and deterministic (runs in a worker thread)."""
+        """The whole computation, synchronous and deterministic (runs in a worker thread).
+
+        The fleet reads the customer's words neutralised, like any model, and answers only
+        from article text: a knowledge-base article it resolves, or the attached source's
+        own text, never a block the customer pasted under a source's label."""
+        request = quoted_request(request)
         enc = self.config.tokenizer
         tokens_in = prompt_tokens(request, self.system_prompt, enc)
         max_out = min(request.max_tokens, self.config.max_output_tokens)
@@ -465,7 +471,9 @@ class Verifier(LocalResponder):
                 article_words = option.kb.words[option.index]
                 score += W_LEX * lexical_coverage(words, article_words, option.kb)
             if candidates:
-                votes = sum(c.confidence for c in candidates if option.doc_id in c.doc_ids)
+                votes = sum(
+                    c.confidence or 0.0 for c in candidates if option.doc_id in c.doc_ids
+                )  # an unknown confidence casts no vote
                 score += W_CAND * votes / len(candidates)
             scores.append(score)
         return scores, coverage

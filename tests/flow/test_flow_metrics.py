@@ -9,7 +9,7 @@ from flows.routing_flow import FlowInputs, build_flow
 from flows.sink import OutRecord
 from splitpin.router.classifier import Classifier
 from splitpin.settings import load_settings
-from tests.factories import event_dict, raw
+from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 
 
 def _value(name: str, **labels: str) -> float:
@@ -31,7 +31,7 @@ def test_counters_follow_outputs(classifier: Classifier) -> None:
         raw(b"nope", offset=3),
     ]
     out: list[OutRecord] = []
-    settings = load_settings(topic_prefix="metrics.")
+    settings = load_settings(topic_prefix="metrics.", max_past_skew_s=T0_PAST_SKEW_S)
     inputs = FlowInputs(TestingSource(records))
     run_main(build_flow(settings, inputs=inputs, sink=TestingSink(out), classifier=classifier))
 

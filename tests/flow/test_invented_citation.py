@@ -24,7 +24,7 @@ from schemas.replies import Reply
 from schemas.validation import ValidationFailure
 from splitpin.router.classifier import Classifier
 from splitpin.settings import REPO_ROOT, load_settings
-from tests.factories import event_dict, raw
+from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 from tests.model_api_server import ModelApiServer, succeed
 
 INVENTED = "Your card is on its way.\nReferences: 1) InternalDoc-42"
@@ -51,7 +51,9 @@ def test_a_reply_citing_an_unattached_document_is_never_delivered(
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    settings = load_settings(topic_prefix="inv.", governance_path=path)
+    settings = load_settings(
+        topic_prefix="inv.", governance_path=path, max_past_skew_s=T0_PAST_SKEW_S
+    )
     questions = ["my card has not arrived", "how do I top up by bank transfer"]
     records = [
         raw(event_dict(f"inv-{n}", f"c-{n}", text=text, channel=channel), offset=n)

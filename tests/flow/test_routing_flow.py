@@ -12,12 +12,12 @@ from operators.ingest import RawRecord
 from schemas import DeadLetter, RoutingDecision, decode
 from splitpin.router.classifier import Classifier
 from splitpin.settings import Settings, load_settings
-from tests.factories import event_dict, raw
+from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 
 
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings(topic_prefix="test.", max_event_bytes=8192)
+    return load_settings(topic_prefix="test.", max_event_bytes=8192, max_past_skew_s=T0_PAST_SKEW_S)
 
 
 def _run(settings: Settings, records: list[RawRecord], classifier: Classifier) -> list[OutRecord]:
