@@ -5,10 +5,14 @@ sink produces each batch through CheckedProducer and returns from `write_batch` 
 Kafka acknowledged every record; otherwise DeliveryError stops the worker. Because a
 snapshot is committed only after its epoch's writes returned, the restarted flow
 re-produces anything that was not acknowledged: at-least-once, never lost.
+
+`WRITES` counts the batches in Kafka's hands, so a shutdown (splitpin/runner.py) can wait
+until those are acknowledged, and hold back new ones, before the process exits.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -16,6 +20,36 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from splitpin import metrics
 from splitpin.kafka.producer import CheckedProducer
+from splitpin.redaction import redact_bytes
+
+
+class WriteGate:
+    """Batches in progress, across this process's workers; `close` waits for them to end."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._closed:  # shutting down: this batch waits for the exit
+                self._cond.wait()
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> bool:
+        """Hold back new batches; True once none is in progress, False at the timeout."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._active == 0, timeout_s)
+
+
+WRITES = WriteGate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +67,11 @@ class _CheckedSinkPartition(StatelessSinkPartition[OutRecord]):
         self._flush_timeout_s = flush_timeout_s
 
     def write_batch(self, items: list[OutRecord]) -> None:
-        for item in items:
-            self._producer.produce(item.topic, item.value, item.key)
-        with metrics.SINK_FLUSH_SECONDS.time():
-            self._producer.flush(self._flush_timeout_s)
+        with WRITES:
+            for item in items:
+                self._producer.produce(item.topic, redact_bytes(item.value), item.key)
+            with metrics.SINK_FLUSH_SECONDS.time():
+                self._producer.flush(self._flush_timeout_s)
         for topic, count in Counter(item.topic for item in items).items():
             metrics.count(metrics.SINK_RECORDS, topic, amount=count)
 

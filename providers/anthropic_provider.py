@@ -27,9 +27,10 @@ from providers.base import (
     Usage,
 )
 from providers.prompting import conversation, parse_citations, system_prompt
-from providers.resilience import parse_retry_after, safe_url
+from providers.resilience import AttemptTimeoutError, parse_retry_after, safe_url
 from schemas.decisions import ModelRole
 from schemas.governance import RoleConfig
+from splitpin.redaction import SECRETS, redact_exception
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class AnthropicProvider:
         self._on_first_token = on_first_token
         # An explicit base_url keeps the SDK from reading ANTHROPIC_BASE_URL from os.environ:
         # configuration comes from the env mapping the registry was given.
+        SECRETS.register(api_key)  # whatever quotes it later is redacted
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=self.base_url,
@@ -80,12 +82,14 @@ class AnthropicProvider:
         try:
             message = await (self._stream(request) if self.stream else self._create(request))
         except anthropic.APIError as exc:
-            raise translate_error(exc, model) from None
+            # Redacted here, where provider errors are translated: the text is logged
+            # and copied into validation-failure records.
+            raise redact_exception(translate_error(exc, model)) from None
         except httpx2.RequestError as exc:
             # Raised unwrapped by the SDK while reading a stream (dropped connection, read
             # timeout); its request carries the key, so only its class and text go on.
             msg = f"anthropic {model}: stream broke: {type(exc).__name__}: {exc}"
-            raise TransientError(msg, model=model) from None
+            raise redact_exception(TransientError(msg, model=model)) from None
         latency_ms = (time.perf_counter() - started) * 1000
         text = "".join(block.text for block in message.content if block.type == "text")
         return ModelResult(
@@ -145,7 +149,7 @@ class AnthropicProvider:
 def translate_error(exc: anthropic.APIError, model: str) -> ProviderError:
     """SDK exception -> typed error. The message names status, type and request id, no key."""
     if isinstance(exc, anthropic.APITimeoutError):
-        return TransientError(f"anthropic {model}: request timed out", model=model)
+        return AttemptTimeoutError(f"anthropic {model}: request timed out", model=model)
     if isinstance(exc, anthropic.APIConnectionError):
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         return TransientError(f"anthropic {model}: connection error{cause}", model=model)

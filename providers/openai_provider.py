@@ -1,5 +1,9 @@
 """GPT (or any OpenAI-compatible server: vLLM, Ollama) through the official `openai` SDK.
 
+Answers are requested with `logprobs`: their geometric-mean token probability is the
+answer's confidence (providers/prompting.py `logprob_confidence`); a server that sends
+none leaves it unknown (None), never 1.0.
+
 Chat Completions rather than the Responses API because that is what OpenAI-compatible
 servers implement, so one provider covers OpenAI and a self-hosted model behind
 `base_url`. As with Anthropic, `max_retries=0` leaves retries to providers/resilience.py
@@ -32,10 +36,16 @@ from providers.base import (
     TransientError,
     Usage,
 )
-from providers.prompting import conversation, parse_citations, system_prompt
-from providers.resilience import parse_retry_after, safe_url
+from providers.prompting import (
+    conversation,
+    logprob_confidence,
+    parse_citations,
+    system_prompt,
+)
+from providers.resilience import AttemptTimeoutError, parse_retry_after, safe_url
 from schemas.decisions import ModelRole
 from schemas.governance import RoleConfig
+from splitpin.redaction import SECRETS, redact_exception
 from splitpin.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,8 @@ class _Answer:
     text: str
     model: str
     usage: CompletionUsage | None
+    logprobs: tuple[float, ...] = ()
+    """The answer tokens' log-probabilities, when the server sent them."""
 
 
 class OpenAIProvider:
@@ -77,6 +89,7 @@ class OpenAIProvider:
         self.stream = stream
         self.base_url = base_url or DEFAULT_BASE_URL
         self._on_first_token = on_first_token
+        SECRETS.register(api_key)  # whatever quotes it later is redacted
         self._client = openai.AsyncOpenAI(
             api_key=api_key or PLACEHOLDER_KEY,
             base_url=self.base_url,
@@ -110,12 +123,14 @@ class OpenAIProvider:
             else:
                 answer = await self._create(messages, max_tokens)
         except openai.APIError as exc:
-            raise translate_error(exc, model) from None
+            # Redacted here, where provider errors are translated: the text is logged
+            # and copied into validation-failure records.
+            raise redact_exception(translate_error(exc, model)) from None
         except httpx2.RequestError as exc:
             # Raised unwrapped by the SDK while reading a stream (dropped connection, read
             # timeout); its request carries the key, so only its class and text go on.
             msg = f"openai {model}: stream broke: {type(exc).__name__}: {exc}"
-            raise TransientError(msg, model=model) from None
+            raise redact_exception(TransientError(msg, model=model)) from None
         latency_ms = (time.perf_counter() - started) * 1000
         return ModelResult(
             request_id=request.request_id,
@@ -126,17 +141,20 @@ class OpenAIProvider:
             latency_ms=latency_ms,
             model_version=answer.model,
             provider=self.name,
+            confidence=logprob_confidence(answer.logprobs),
         )
 
     async def _create(self, messages: list[ChatCompletionMessageParam], max_tokens: int) -> _Answer:
         completion = await self._client.chat.completions.create(
-            model=self.role.pinned_id, messages=messages, max_tokens=max_tokens
+            model=self.role.pinned_id, messages=messages, max_tokens=max_tokens, logprobs=True
         )
         if not completion.choices:
             msg = f"openai {self.role.pinned_id}: completion without choices"
             raise TransientError(msg, model=self.role.pinned_id)
         text = completion.choices[0].message.content or ""
-        return _Answer(text, completion.model, completion.usage)
+        logprobs = completion.choices[0].logprobs
+        tokens = tuple(t.logprob for t in (logprobs.content or [])) if logprobs else ()
+        return _Answer(text, completion.model, completion.usage, tokens)
 
     async def _stream(
         self,
@@ -154,7 +172,9 @@ class OpenAIProvider:
             max_tokens=max_tokens,
             stream=True,
             stream_options={"include_usage": True},
+            logprobs=True,
         )
+        logprobs: list[float] = []
         finished = False
         async with stream:
             async for chunk in stream:
@@ -163,6 +183,9 @@ class OpenAIProvider:
                 if not chunk.choices:
                     continue
                 finished = finished or chunk.choices[0].finish_reason is not None
+                chunk_logprobs = chunk.choices[0].logprobs
+                if chunk_logprobs is not None and chunk_logprobs.content:
+                    logprobs.extend(t.logprob for t in chunk_logprobs.content)
                 piece = chunk.choices[0].delta.content
                 if piece:
                     if not pieces:
@@ -175,7 +198,7 @@ class OpenAIProvider:
             # The connection closed before a finish_reason: a partial answer.
             msg = f"openai {self.role.pinned_id}: stream ended before the answer was complete"
             raise TransientError(msg, model=self.role.pinned_id)
-        return _Answer("".join(pieces), model, usage)
+        return _Answer("".join(pieces), model, usage, tuple(logprobs))
 
     def _usage(self, answer: _Answer, messages: list[ChatCompletionMessageParam]) -> Usage:
         """The server's counts; if it sent none (some compatible servers), our tokenizer's."""
@@ -198,7 +221,7 @@ class OpenAIProvider:
 def translate_error(exc: openai.APIError, model: str) -> ProviderError:
     """SDK exception -> typed error. The message names status, code and request id, no key."""
     if isinstance(exc, openai.APITimeoutError):
-        return TransientError(f"openai {model}: request timed out", model=model)
+        return AttemptTimeoutError(f"openai {model}: request timed out", model=model)
     if isinstance(exc, openai.APIConnectionError):
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         return TransientError(f"openai {model}: connection error{cause}", model=model)

@@ -28,6 +28,7 @@ from providers.resilience import (
 from schemas.decisions import ModelRole
 from schemas.governance import GovernanceConfig, RoleConfig
 from splitpin.errors import ConfigError
+from splitpin.redaction import SECRETS
 
 LocalFactory = Callable[[ModelRole, RoleConfig], Provider]
 
@@ -76,7 +77,10 @@ class ProviderRegistry:
         """Decide remote vs local per role (see ProvidersConfig.mode); raise ConfigError early.
 
         Keys are read from `env` and handed to the SDK clients only; they never appear in
-        descriptions, reprs or error messages.
+        descriptions, reprs or error messages. Each is registered with splitpin.redaction
+        as it is read, so any text that quotes it anyway (an HTTP library's header error)
+        is redacted before it is logged or written to Kafka. Refusing a malformed key is
+        the CLI's start-up check (splitpin.redaction.check_secret_env).
         """
         mode = governance.providers.mode
         resilience = governance.providers.resilience
@@ -128,7 +132,7 @@ class ProviderRegistry:
                 breaker = CircuitBreaker.from_config(role.pinned_id, resilience, clock=clock)
                 breakers[key] = breaker
             providers[name] = ResilientProvider(
-                inner, name, role, resilience, breaker, sleep=sleep, rng=rng
+                inner, name, role, resilience, breaker, sleep=sleep, rng=rng, clock=clock
             )
             where = f" at {safe_url(base_url)}" if base_url else ""
             descriptions[name] = f"{role.provider} {role.pinned_id}{where}"
@@ -164,12 +168,14 @@ def remote_settings(
         return None
     if role.provider == "anthropic":
         key = env.get(ANTHROPIC_KEY) or None
+        SECRETS.register(key)
         base_url = role.base_url or env.get(ANTHROPIC_BASE_URL) or None
         if key is not None:
             return key, base_url
         missing = ANTHROPIC_KEY
     else:
         key = env.get(OPENAI_KEY) or None
+        SECRETS.register(key)
         base_url = role.base_url or env.get(OPENAI_BASE_URL) or None
         if key is not None or base_url is not None:
             return key, base_url

@@ -4,14 +4,20 @@ The SDK clients are built with `max_retries=0`: their own retries would hide att
 from the budget, ignore the breaker and multiply a 429 storm. Here instead:
 
 * `ResilientProvider` retries only `TransientError`, at most `role.retry_budget` times,
-  with full-jitter exponential backoff (a retry-after header is a floor, `backoff_max_s`
-  the cap), and bounds each attempt with `role.timeout_s`.
+  with full-jitter exponential backoff capped at `backoff_max_s`, and bounds each attempt
+  with `role.timeout_s`. A `retry-after` is honoured in full when the retry still fits
+  the link's deadline (`link_deadline_s`, the share of the call's deadline the answering
+  job grants this role); when it does not, the call gives up on this model at once
+  (`RetryAfterBeyondDeadlineError`) and the chain moves on, instead of retrying early.
 * `CircuitBreaker` (one per model version) stops calling a model after
   `breaker_failures` consecutive failed calls, then lets one trial call through after
   `breaker_reset_s`; an open breaker fails fast with `CircuitOpenError`.
 * `complete_with_fallback` walks a role's fallback roles, never visiting the same model
   version twice, and stops at errors that another model would repeat (context overflow,
   bad request).
+
+Every failed call, retry and breaker state is exported (splitpin/metrics.py), labelled by
+the pinned model id and a fixed set of error types, so the label sets stay bounded.
 
 Everything runs on one event loop (operators/call_executor.py), and the breaker's state
 changes happen between awaits, so it needs no lock.
@@ -41,12 +47,59 @@ from providers.base import (
 )
 from schemas.decisions import ModelRole
 from schemas.governance import ResilienceConfig, RoleConfig
+from splitpin import metrics
 
 log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+BREAKER_STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
+"""The breaker gauge's encoding: higher is worse."""
+
+ErrorType = Literal[
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "timeout",
+    "connection",
+    "context_overflow",
+    "bad_request",
+    "circuit_open",
+    "retry_after_beyond_deadline",
+]
+"""The metrics' error_type / reason label: a fixed set, whatever the provider says."""
+
+
+class AttemptTimeoutError(TransientError):
+    """No answer within the role's `timeout_s` (ours or the SDK's): worth another try."""
+
+
+class RetryAfterBeyondDeadlineError(TransientError):
+    """The provider asked to wait longer than this link's deadline leaves: the chain moves
+    on to the next model rather than retry before the provider said it would answer."""
+
+
+def error_type(exc: ProviderError) -> ErrorType:
+    """A provider error's label for the failure and retry metrics."""
+    if isinstance(exc, CircuitOpenError):
+        return "circuit_open"
+    if isinstance(exc, ContextOverflowError):
+        return "context_overflow"
+    if isinstance(exc, RetryAfterBeyondDeadlineError):
+        return "retry_after_beyond_deadline"
+    if isinstance(exc, AttemptTimeoutError) or exc.status == 408:
+        return "timeout"
+    if not isinstance(exc, TransientError):
+        return "bad_request"
+    if exc.status == 429:
+        return "rate_limited"
+    if exc.status == 529:
+        return "overloaded"
+    if exc.status is not None:
+        return "server_error"
+    return "connection"
 
 
 class CircuitBreaker:
@@ -76,6 +129,8 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._trial_in_flight = False
+        # Read at scrape time, so an open breaker whose reset passed shows as half-open.
+        metrics.BREAKER_STATE.labels(model).set_function(lambda: BREAKER_STATE_VALUES[self.state])
 
     @classmethod
     def from_config(
@@ -138,16 +193,26 @@ def backoff_s(
     rng: random.Random,
     retry_after_s: float | None = None,
 ) -> float:
-    """Full jitter: uniform(0, min(max, base * 2**attempt)); retry-after is a floor.
+    """Full jitter: uniform(0, min(max, base * 2**attempt)); a retry-after is a floor.
 
     Full jitter spreads a burst of clients that failed together (the 429 storm) across the
-    whole window instead of having them retry in lockstep. Never more than backoff_max_s.
+    whole window instead of having them retry in lockstep. The jitter never exceeds
+    backoff_max_s; a provider's retry-after is honoured in full (retrying before it only
+    earns another 429): whether it fits the call's deadline is the caller's decision.
     """
     ceiling = min(config.backoff_max_s, config.backoff_base_s * 2**attempt)
     delay = rng.uniform(0.0, ceiling)
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, retry_after_s)
-    return min(delay, config.backoff_max_s)
+    return delay
+
+
+def link_deadline_s(role: RoleConfig, resilience: ResilienceConfig) -> float:
+    """The time one role's link may take: every attempt at its timeout, with the longest
+    jittered backoff between them. The answering job's call deadline is the sum over a
+    role's chain (operators/answering.py), so a link within this keeps the call within it."""
+    attempts = role.retry_budget + 1
+    return attempts * role.timeout_s + role.retry_budget * resilience.backoff_max_s
 
 
 class ResilientProvider:
@@ -163,6 +228,7 @@ class ResilientProvider:
         *,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.inner = inner
         self.name = inner.name
@@ -172,12 +238,23 @@ class ResilientProvider:
         self.breaker = breaker
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._clock = clock
+        self.deadline_s = link_deadline_s(role, resilience)
 
     def __repr__(self) -> str:
         return f"ResilientProvider({self.name} {self.role.pinned_id}, breaker={self.breaker.state})"
 
     async def complete(self, request: ModelRequest) -> ModelResult:
+        """The answer, or the error that ended the call (counted by type for the metrics)."""
+        try:
+            return await self._attempts(request)
+        except ProviderError as exc:
+            metrics.count(metrics.MODEL_CALL_FAILURES, self.role.pinned_id, error_type(exc))
+            raise
+
+    async def _attempts(self, request: ModelRequest) -> ModelResult:
         model = self.role.pinned_id
+        started = self._clock()
         last: TransientError | None = None
         for attempt in range(self.role.retry_budget + 1):
             if not self.breaker.allow():
@@ -191,7 +268,7 @@ class ResilientProvider:
             except TimeoutError:
                 self.breaker.record_failure()
                 msg = f"{self.name} {model}: no answer within {self.role.timeout_s:g} s"
-                last = TransientError(msg, model=model)
+                last = AttemptTimeoutError(msg, model=model)
             except TransientError as exc:
                 self.breaker.record_failure()
                 last = exc
@@ -209,7 +286,21 @@ class ResilientProvider:
             if self.breaker.state == "open":
                 msg = f"{self.name} {model}: circuit opened after attempt {attempts}"
                 raise CircuitOpenError(msg, model=model) from last
-            delay = backoff_s(attempt, self.resilience, self._rng, last.retry_after_s)
+            # What may still be slept so that one more attempt ends within the deadline.
+            room = self.deadline_s - (self._clock() - started) - self.role.timeout_s
+            if room < 0:
+                break  # no time for another attempt
+            if last.retry_after_s is not None and last.retry_after_s > room:
+                msg = (
+                    f"{self.name} {model}: retry-after {last.retry_after_s:g} s exceeds the "
+                    f"{room:.2f} s this call can still wait; moving on after attempt "
+                    f"{attempts} ({last})"
+                )
+                raise RetryAfterBeyondDeadlineError(
+                    msg, model=model, status=last.status, retry_after_s=last.retry_after_s
+                ) from last
+            # Never earlier than the retry-after (it fits), never past the deadline.
+            delay = min(backoff_s(attempt, self.resilience, self._rng, last.retry_after_s), room)
             log.info(
                 "%s %s attempt %d failed (%s); retrying in %.2f s",
                 self.name,
@@ -218,6 +309,7 @@ class ResilientProvider:
                 last,
                 delay,
             )
+            metrics.count(metrics.MODEL_CALL_RETRIES, model, error_type(last))
             await self._sleep(delay)
         assert last is not None  # the loop ran at least once and every path set it
         raise last
@@ -232,7 +324,8 @@ async def complete_with_fallback(
 ) -> ModelResult:
     """Try each role in order, skipping model versions already tried.
 
-    Moves on after a TransientError (its retry budget spent) or a CircuitOpenError; stops
+    Moves on after a TransientError (its retry budget spent, or a retry-after beyond the
+    link's deadline: RetryAfterBeyondDeadlineError) or a CircuitOpenError; stops
     at ContextOverflowError and BadRequestError, which the next model would most likely
     repeat (the context guard already picked a role whose window fits). The result's `role`
     is the role that answered. If every link fails, the last error is raised.

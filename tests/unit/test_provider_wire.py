@@ -9,7 +9,9 @@ and the breaker clock are fakes, so nothing here waits for real except the one t
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ from providers.resilience import CircuitBreaker, ResilientProvider
 from schemas.decisions import ModelRole
 from schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
 from splitpin.errors import ConfigError
+from splitpin.redaction import RedactingFilter
 from tests.model_api_server import (
     ANTHROPIC_PATH,
     OPENAI_PATH,
@@ -43,6 +46,7 @@ from tests.model_api_server import (
     context_length,
     midstream_error,
     overloaded,
+    rate_limited,
     server_error,
     slow,
     stream,
@@ -512,3 +516,81 @@ def test_registry_does_not_fall_back_on_context_overflow(api: ModelApiServer) ->
     with pytest.raises(ContextOverflowError):
         _registry_complete(api, governance, _request())
     assert api.count() == 1
+
+
+# -- retry-after against the deadline, over the real SDKs --------------------------------
+
+
+def test_retry_after_within_the_deadline_is_honoured_in_full_over_the_wire(
+    api: ModelApiServer,
+) -> None:
+    governance = _governance("remote", fallback={"fast": ["long_context"]})
+    api.script(rate_limited(retry_after_s=20), succeed(ANSWER))
+    sleep = FakeSleep()
+
+    async def main() -> ModelResult:
+        registry = _build(governance, _wire_env(api), sleep=sleep, rng=random.Random(5))
+        try:
+            return await registry.complete(_request())
+        finally:
+            await registry.aclose()
+
+    result = asyncio.run(main())
+    assert result.role == "fast" and result.attempts == 2
+    assert sleep.durations == [20.0]  # was cut to backoff_max_s (8 s): a retry 12 s early
+
+
+def test_retry_after_beyond_the_deadline_moves_to_the_next_model_over_the_wire(
+    api: ModelApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    governance = _governance("remote", fallback={"fast": ["long_context"]})
+    api.script(rate_limited(retry_after_s=600), succeed(ANSWER))
+    caplog.set_level(logging.WARNING, logger="providers.resilience")
+    result = _registry_complete(api, governance, _request())
+    assert result.role == "long_context"
+    assert (api.count(ANTHROPIC_PATH), api.count(OPENAI_PATH)) == (1, 1)  # no early retry
+    assert any("retry-after 600 s exceeds" in r.getMessage() for r in caplog.records)
+
+
+# -- secrets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tail", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("stream_mode", [False, True])
+def test_a_key_ending_in_a_newline_is_never_printed_nor_copied(
+    api: ModelApiServer, caplog: pytest.LogCaptureFixture, tail: str, stream_mode: bool
+) -> None:
+    """Through the real SDK clients: the HTTP library refuses the header and quotes the key;
+    the error text, every log line and the failure that the job would record carry none of it."""
+    anthropic_core = f"sk-ant-api03-{secrets.token_hex(16)}"
+    openai_core = f"sk-proj-{secrets.token_hex(16)}"
+    env = {
+        **_wire_env(api),
+        "ANTHROPIC_API_KEY": anthropic_core + tail,
+        "OPENAI_API_KEY": openai_core + tail,
+    }
+    governance = _governance("remote", fallback={"fast": ["long_context"]})
+    # Everything, the HTTP library's debug trace included (it logs the refused header),
+    # through the filter the CLI installs on the root handlers.
+    caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(RedactingFilter())
+
+    async def main() -> None:
+        registry = _build(governance, env, sleep=FakeSleep(), stream=stream_mode)
+        try:
+            await registry.complete(_request())
+        finally:
+            await registry.aclose()
+
+    with pytest.raises(TransientError) as caught:
+        asyncio.run(main())
+    assert api.count() == 0, "the client refused to send the malformed header"
+    # Redacted where the provider error is translated: this text becomes the failure
+    # record's detail (operators/answering.py) whatever logging is configured.
+    error = f"{caught.value} {caught.value!r}"
+    assert "Illegal header value" in error  # the error that used to quote the key
+    logged = "\n".join([caplog.text, *(r.getMessage() for r in caplog.records)])
+    assert "Illegal header value" in logged
+    for core in (anthropic_core, openai_core):
+        assert core not in error
+        assert core not in logged
