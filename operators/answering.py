@@ -7,7 +7,9 @@ Per event (a `Dispatch` from the budget gate), as calls finish:
   reply goes out, never a preliminary;
 - otherwise the routed role (fast or long_context) answers first. On chat, an answer whose
   confidence clears `replies.preliminary_min_confidence` goes out as revision 0
-  (preliminary, unverified); a lower confidence escalates. Email never gets a preliminary.
+  (preliminary, unverified); a lower confidence escalates. An unknown confidence (a remote
+  model that offers no logprobs) gets no preliminary: the verifier looks first. Email
+  never gets a preliminary.
   The verifier then re-ranks that candidate against its own reading and writes the final
   revision: `verified` when it agrees with the preliminary, `corrected` when not. Small
   talk has nothing to verify and its fast answer is final (unless `verify_trivial`);
@@ -28,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from operators.context_guard import fit_messages
+from operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
 from operators.model_calls import CallFailed, JobStep
 from operators.validation import Violation, validate_answer
 from providers.base import CONFIRM, Candidate, Message, ModelRequest, ModelResult, SourceDoc
+from providers.prompting import customer_doc_ids
 from schemas.decisions import ModelRole, RoutingDecision
 from schemas.governance import GovernanceConfig
 from schemas.metrics import CostRecord
@@ -39,7 +42,7 @@ from schemas.replies import Reply
 from schemas.validation import ValidationFailure
 from splitpin.tokens import count_tokens
 
-CallPurpose = Literal["primary", "pinned", "verify", "reroute"]
+CallPurpose = Literal["primary", "pinned", "verify", "reroute", "replan"]
 
 DRAFT_OVERHEAD_TOKENS = 40
 """A draft's framing in the verifier's prompt: its number, confidence and cited ids."""
@@ -184,6 +187,12 @@ class AnswerPolicy:
     def timeout_s(self, spec: CallSpec) -> float:
         return spec.timeout_s
 
+    def abandon(self, item: Dispatch, job: AnswerJob | None) -> list[AnswerOutput]:
+        """The final reply of a job that died after its decision: the safe reply, withheld
+        (superseding its preliminary, if one went out), so the customer is not left waiting."""
+        job = job or AnswerJob(item)
+        return list(self._safe(job, item.decision.role, []).emit)
+
     # --- phases ---------------------------------------------------------------------
 
     def _after_primary(
@@ -198,6 +207,8 @@ class AnswerPolicy:
         verifier = replies.verifier_role
         tenant = self.governance.budgets.for_tenant(decision.tenant_id)
         if result is None:
+            if _overflowed(outcome):
+                return self._after_overflow(job, "primary", outcome, emit)
             if not tenant.allows(verifier):
                 error, detail = _failure_of(outcome)
                 model = _model_of(outcome)
@@ -219,13 +230,17 @@ class AnswerPolicy:
             emit += [final, *self._timing(job, final)]
             return Step(emit=emit, done=True)
         job.draft = result
-        confident = result.confidence >= replies.preliminary_min_confidence
+        # Unknown confidence (a remote model that gave no logprobs) is not "confident": no
+        # preliminary goes out before the verifier has looked; it is not an escalation either,
+        # since the verifier reads every such answer anyway.
+        measured = result.confidence
+        confident = measured is not None and measured >= replies.preliminary_min_confidence
         if decision.channel == "chat" and confident:
             job.preliminary = self._reply(
                 job, "preliminary", "unverified", result.text, result, result.role
             )
             emit += [job.preliminary, *self._timing(job, job.preliminary)]
-        elif not confident:
+        elif measured is not None and not confident:
             job.escalated = True
             emit.append(Escalation(result.role, verifier, "low_confidence"))
         candidate = Candidate(
@@ -265,6 +280,11 @@ class AnswerPolicy:
         replies = self.governance.replies
         if result is None:
             error, detail = _failure_of(outcome)
+            check, name = "verification", "VerificationFailed"
+            if error == "timeout":
+                name = "VerificationTimeout"
+            elif _overflowed(outcome):  # recorded as such; the verification is not re-sent
+                check, name = "context-window", "ContextOverflow"
             keep = (
                 replies.on_verification_timeout == "release_preliminary"
                 and job.preliminary is not None
@@ -273,8 +293,8 @@ class AnswerPolicy:
                 self._failure(
                     job,
                     "verify",
-                    "verification",
-                    "VerificationTimeout" if error == "timeout" else "VerificationFailed",
+                    check,
+                    name,
                     detail,
                     _model_of(outcome),
                     "released_unverified" if keep else "replaced",
@@ -306,6 +326,8 @@ class AnswerPolicy:
     ) -> Step:
         role = job.tried[-1]
         if result is None:
+            if _overflowed(outcome):
+                return self._after_overflow(job, purpose, outcome, emit)
             error, detail = _failure_of(outcome)
             emit.append(
                 self._failure(
@@ -313,11 +335,86 @@ class AnswerPolicy:
                 )
             )
             return self._safe(job, role, emit)
+        if purpose == "replan":
+            # The routed role's stand-in: validated like a primary answer, and final but
+            # unverified (the verifier's window is not the one that held this prompt).
+            violations = self._validate(job, result, require_citation=False)
+            if violations:
+                emit += self._violations(job, purpose, violations, result, "replaced")
+                return self._safe(job, result.role, emit)
+            final = self._reply(job, "final", "unverified", result.text, result, result.role)
+            return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
         violations = self._validate(job, result, require_citation=True)
         if violations:
             emit += self._violations(job, purpose, violations, result, "replaced")
             return self._safe(job, result.role, emit)
         return self._final(job, result, emit)
+
+    def _after_overflow(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        outcome: CallOutcome | CallFailed,
+        emit: list[AnswerOutput],
+    ) -> Step:
+        """The provider said the prompt is too long: the guard's count fell short for that
+        window (a tokenizer it only approximates). Recorded as ContextOverflow, then re-planned
+        once, for an unpinned primary only, to a role with a larger window that the guard
+        says holds the whole counted prompt; else refused. Never re-sent as is."""
+        failed = job.tried[-1]
+        model = _model_of(outcome) or self.governance.roles[failed].pinned_id
+        window = max(
+            (r.context_window for r in self.governance.roles.values() if r.pinned_id == model),
+            default=self.governance.roles[failed].context_window,
+        )
+        _, detail = _failure_of(outcome)
+        target = self._replan_role(job, window) if purpose == "primary" else None
+        if target is None:
+            counted = self._counted_prompt(job, failed)
+            detail += f"; counted {counted} tokens, no allowed role with a larger window holds it"
+        else:
+            detail += f"; re-planned to {target} ({self.governance.roles[target].context_window})"
+        action: Literal["rerouted", "refused"] = "refused" if target is None else "rerouted"
+        emit.append(
+            self._failure(job, purpose, "context-window", "ContextOverflow", detail, model, action)
+        )
+        if target is None:
+            text = self.governance.replies.refusal_reply
+            final = self._reply(job, "final", "refused", text, None, failed)
+            return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
+        job.escalated = True
+        emit.append(Escalation(failed, target, "failed"))
+        return Step(emit=emit, calls=[self._call(job, "replan", target)])
+
+    def _replan_role(self, job: AnswerJob, overflowed_window: int) -> ModelRole | None:
+        """The first role in `context.fit_order`, not yet tried and allowed for the tenant,
+        whose window is larger than the one that overflowed and holds every planned turn."""
+        dispatch = job.dispatch
+        if dispatch.decision.pinned:
+            return None  # a pinned request is answered by its pinned role or not at all
+        tenant = self.governance.budgets.for_tenant(dispatch.decision.tenant_id)
+        for name in self.governance.context.fit_order:
+            config = self.governance.roles.get(name)
+            if config is None or name in job.tried or not tenant.allows(name):
+                continue
+            if config.context_window <= overflowed_window:
+                continue
+            kept, fits = fit_messages(
+                dispatch.messages, dispatch.summary, config, self.governance.context
+            )
+            if fits and len(kept) == len(dispatch.messages):
+                return name
+        return None
+
+    def _counted_prompt(self, job: AnswerJob, role: ModelRole) -> int:
+        """The planned prompt as the guard counts it for `role` (for the failure's detail)."""
+        enc = self.governance.roles[role].tokenizer
+        dispatch = job.dispatch
+        turns = sum(
+            count_tokens(m.content, enc) + MESSAGE_OVERHEAD_TOKENS for m in dispatch.messages
+        )
+        summary = count_tokens(dispatch.summary, enc) if dispatch.summary else 0
+        return self.governance.context.system_prompt_tokens + summary + turns
 
     def _reroute(
         self,
@@ -380,7 +477,7 @@ class AnswerPolicy:
             tenant_id=decision.tenant_id,
             messages=messages,
             summary=dispatch.summary,
-            max_tokens=config.max_output_tokens,
+            max_tokens=self.governance.budgets.output_cap(config),
             sources=job.sources,
             candidates=candidates,
             timeout_s=timeout,
@@ -411,6 +508,8 @@ class AnswerPolicy:
             job.sources or (),
             require_citation=need,
             policy_checks=replies.policy_checks,
+            pinned_to=self.governance.compliance_roles() if job.dispatch.decision.pinned else None,
+            customer_ids=customer_doc_ids(job.dispatch.messages, job.dispatch.summary),
         )
 
     def _cost(self, job: AnswerJob, purpose: CallPurpose, result: ModelResult) -> CostRecord:
@@ -501,7 +600,7 @@ class AnswerPolicy:
             model=_model_name(config.model, result) if result is not None else config.model,
             model_version=result.model_version if result is not None else config.pinned_id,
             route=route,
-            confidence=result.confidence if result is not None else 0.0,
+            confidence=(result.confidence or 0.0) if result is not None else 0.0,  # 0: unknown
             tokens_in=job.tokens_in,
             tokens_out=job.tokens_out,
             cost_usd=round(job.cost_usd, 9),
@@ -530,6 +629,11 @@ def _failure_of(outcome: CallOutcome | CallFailed) -> tuple[str, str]:
     if isinstance(outcome, CallFailed):
         return outcome.reason, outcome.detail
     return outcome.error_kind or "error", outcome.error or "no result"
+
+
+def _overflowed(outcome: CallOutcome | CallFailed) -> bool:
+    """The provider refused the prompt as too long (providers.base.ContextOverflowError)."""
+    return isinstance(outcome, CallOutcome) and outcome.error_kind == "context_overflow"
 
 
 def _model_of(outcome: CallOutcome | CallFailed) -> str | None:

@@ -5,6 +5,7 @@ Validated at start-up; any error names the field (`roles.fast.version: ...`).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal, Self
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.decisions import ModelRole
+from schemas.normalize import normalize_tenant_id
 from splitpin.errors import ConfigError, describe_validation_error
 
 Encoding = Literal["cl100k_base", "o200k_base"]
@@ -111,6 +113,12 @@ class RoutingConfig(_Frozen):
         le=1,
         description="A compliance intent pins only when the classifier is at least this sure.",
     )
+    compliance_roles: tuple[ModelRole, ...] | None = Field(
+        default=None,
+        description="Roles allowed to answer compliance-bound (pinned) requests: the only "
+        "roles a pinned role may fall back to. None: exactly the pinned roles "
+        "(compliance_role, tag_pins targets, replies.reroute_role, force_role).",
+    )
 
 
 class ClassifierConfig(_Frozen):
@@ -128,6 +136,13 @@ class ClassifierConfig(_Frozen):
     )
     memo_size: int = Field(
         default=4096, ge=0, description="Worker-local memo of classifications by normalized text."
+    )
+    max_pieces: int = Field(
+        default=128,
+        ge=1,
+        description="Pieces (sentences, windows) of one message classified for compliance; a "
+        "message with more is compliance-bound unscanned (fail closed), which bounds the "
+        "transformer's work per message.",
     )
 
 
@@ -163,21 +178,41 @@ class TenantBudget(_Frozen):
 
 
 class BudgetConfig(_Frozen):
-    window_s: float = Field(default=3600.0, gt=0, description="Budget window, in event time.")
+    """Per-tenant spend caps. A request reserves the most its calls may cost (see
+    operators/budget.py), so these fields bound what a reservation must cover."""
+
+    window_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Budget window, in processing time (the gate's clock, never sent_at).",
+    )
     default: TenantBudget = Field(default_factory=lambda: TenantBudget(limit_usd=10.0))
     tenants: dict[str, TenantBudget] = Field(default_factory=dict)
-    expected_output_tokens: int = Field(
-        default=400, gt=0, description="Output assumed when reserving, before actual usage."
-    )
-    expected_verify_output_tokens: int = Field(
-        default=50,
+    max_output_tokens_per_call: int = Field(
+        default=1024,
         gt=0,
-        description="The verifier's output assumed when reserving (a confirmation is a word, "
-        "a correction a full answer).",
+        description="max_tokens sent on every model call is min(the role's "
+        "max_output_tokens, this): the output a reservation covers per call.",
+    )
+    input_token_margin: float = Field(
+        default=0.25,
+        ge=0,
+        le=4,
+        description="Reserved input is splitpin's token count x (1 + this): room for a "
+        "provider whose tokenizer counts more than splitpin's (and a fallback's other "
+        "tokenizer).",
     )
 
     def for_tenant(self, tenant_id: str) -> TenantBudget:
-        return self.tenants.get(tenant_id, self.default)
+        return self.tenants.get(normalize_tenant_id(tenant_id), self.default)
+
+    def output_cap(self, role: RoleConfig) -> int:
+        """The max_tokens a call to `role` is sent with, and that its reservation covers."""
+        return min(role.max_output_tokens, self.max_output_tokens_per_call)
+
+    def input_bound(self, counted_tokens: int) -> int:
+        """Input tokens reserved for a prompt splitpin counted at `counted_tokens`."""
+        return math.ceil(counted_tokens * (1 + self.input_token_margin))
 
 
 class CacheConfig(_Frozen):
@@ -370,11 +405,6 @@ class KnowledgeConfig(_Frozen):
 TenantPolicy = Literal["configured", "default"]
 
 
-def normalize_tenant_id(tenant_id: str) -> str:
-    """Tenant ids are matched without case or surrounding space: `ShopCo ` is `shopco`."""
-    return tenant_id.strip().casefold()
-
-
 class TenancyConfig(_Frozen):
     """Which tenant ids are known, and what an unknown one gets: never a silent fallback."""
 
@@ -416,6 +446,63 @@ class GovernanceConfig(_Frozen):
         if normalize_tenant_id(tenant_id) in self.known_tenants():
             return "configured"
         return "default" if self.tenancy.unknown == "default" else None
+
+    def pinned_roles(self) -> dict[ModelRole, str]:
+        """Each role a request can be pinned to, with the field that pins it."""
+        routing = self.routing
+        pinned: dict[ModelRole, str] = {routing.compliance_role: "routing.compliance_role"}
+        for tag, role in routing.tag_pins.items():
+            pinned.setdefault(role, f"routing.tag_pins.{tag}")
+        pinned.setdefault(self.replies.reroute_role, "replies.reroute_role")
+        if routing.force_role is not None:
+            pinned.setdefault(routing.force_role, "routing.force_role")
+        return pinned
+
+    def compliance_roles(self) -> frozenset[ModelRole]:
+        """The roles allowed to answer a pinned request (see RoutingConfig.compliance_roles)."""
+        configured = self.routing.compliance_roles
+        return frozenset(self.pinned_roles() if configured is None else configured)
+
+    @model_validator(mode="after")
+    def _pins_cannot_be_lifted(self) -> Self:
+        """A pinned role and its whole fallback chain stay inside the compliance set."""
+        for name, config in self.roles.items():
+            unknown = [link for link in config.fallback if link not in self.roles]
+            if unknown:
+                msg = f"roles.{name}.fallback: {', '.join(unknown)} not configured under roles"
+                raise ValueError(msg)
+        allowed = self.compliance_roles()
+        for role, where in self.pinned_roles().items():
+            if role not in allowed:
+                msg = f"routing.compliance_roles: lacks {role}, which {where} pins to"
+                raise ValueError(msg)
+            pinned = self.roles.get(role)
+            outside = [link for link in (pinned.fallback if pinned else ()) if link not in allowed]
+            if outside:
+                msg = (
+                    f"roles.{role}.fallback: {', '.join(outside)} not in the compliance roles "
+                    f"[{', '.join(sorted(allowed))}] ({role} is pinned by {where})"
+                )
+                raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _windows_hold_the_reserve(self) -> Self:
+        """Every prompt reserves the role's maximum output, the system prompt and the
+        summary; a window that cannot hold them could answer nothing."""
+        context = self.context
+        reserve = context.system_prompt_tokens + context.summary_max_tokens
+        for name, role in self.roles.items():
+            needed = role.max_output_tokens + reserve
+            if role.context_window <= needed:
+                msg = (
+                    f"roles.{name}.context_window: {role.context_window} cannot hold "
+                    f"max_output_tokens {role.max_output_tokens} + context.system_prompt_tokens "
+                    f"{context.system_prompt_tokens} + context.summary_max_tokens "
+                    f"{context.summary_max_tokens} = {needed} and a message"
+                )
+                raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _tenant_ids_normalised(self) -> Self:

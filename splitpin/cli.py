@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from splitpin.errors import SplitpinError
+from splitpin.redaction import check_secret_env, install_log_redaction
 from splitpin.router.cli import router_app
 from splitpin.settings import Settings, load_settings
 
@@ -97,6 +99,15 @@ def run(
     until_eof: Annotated[
         bool, typer.Option("--until-eof", help="Stop at the end of the input instead of tailing.")
     ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            envvar="SPLITPIN_RESET",
+            help="Start without recovery state although the output topics hold this flow's "
+            "records (re-processes every input from the beginning).",
+        ),
+    ] = False,
 ) -> None:
     """Run the routing dataflow (with Bytewax recovery unless --no-recovery)."""
     from splitpin.runner import run_flow
@@ -108,6 +119,7 @@ def run(
         addresses=addresses.split(";") if addresses else None,
         recovery=not no_recovery,
         tail=not until_eof,
+        reset=reset,
     )
 
 
@@ -118,11 +130,21 @@ def replay(
         float | None, typer.Option(help="Events per second (default: as fast as possible).")
     ] = None,
     topic: Annotated[str | None, typer.Option(help="Target topic (default: events topic).")] = None,
+    restamp: Annotated[
+        bool,
+        typer.Option(
+            help="Shift every sent_at by one offset so the earliest event is now (gaps kept): "
+            "recorded traffic would otherwise be dead-lettered as event_time_skew."
+        ),
+    ] = False,
 ) -> None:
     """Publish a JSONL file of ConversationEvents, keyed by conversation_id."""
+    from datetime import UTC, datetime
+
     from splitpin.replay import replay_file
 
-    result = replay_file(_settings(), path, rate=rate, topic=topic)
+    now = datetime.now(UTC) if restamp else None
+    result = replay_file(_settings(), path, rate=rate, topic=topic, restamp_to=now)
     typer.echo(result.describe())
 
 
@@ -146,11 +168,14 @@ def config_validate(
         Path | None, typer.Argument(help="Governance file (default: settings' governance_path).")
     ] = None,
 ) -> None:
-    """Validate a governance file; exit 2 naming the field on any error."""
+    """Validate a governance file; exit 2 naming the field on any error (everything `run`
+    rejects in it, including intents the classifier's trained artifacts do not know)."""
     from schemas.governance import load_governance
+    from splitpin.router.classifier import check_artifacts
 
     target = path or _settings().governance_path
     config = load_governance(target)
+    check_artifacts(config.classifier, config.routing)
     pinned = ", ".join(f"{name}={role.pinned_id}" for name, role in sorted(config.roles.items()))
     typer.echo(f"{target}: valid ({pinned})")
 
@@ -168,20 +193,38 @@ def schemas_export(
         typer.echo(str(path))
 
 
+SPLITPIN_LOGGERS = ("splitpin", "flows", "operators", "providers", "schemas")
+
+
 def _configure_logging() -> None:
-    """Warnings and errors to stderr; librdkafka's routine retries (warnings) stay quiet."""
+    """Other libraries at WARNING; splitpin's own code at SPLITPIN_LOG_LEVEL; librdkafka's
+    routine retries (warnings) quiet and its repeated errors counted, not printed."""
+    from splitpin.kafka.logs import limit_repeats
+
+    try:
+        settings = load_settings()
+        level, window_s = logging.getLevelName(settings.log_level), settings.log_repeat_window_s
+    except SplitpinError:  # the command itself reports the bad setting
+        level, window_s = logging.WARNING, Settings.model_fields["log_repeat_window_s"].default
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("splitpin.kafka.librdkafka").setLevel(logging.ERROR)
+    for name in SPLITPIN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    librdkafka = logging.getLogger("splitpin.kafka.librdkafka")
+    librdkafka.setLevel(logging.WARNING if level <= logging.DEBUG else logging.ERROR)
+    limit_repeats(window_s, librdkafka)
     # Which backend answers each model role is worth a line at every start.
-    logging.getLogger("providers.setup").setLevel(logging.INFO)
+    logging.getLogger("providers.setup").setLevel(min(level, logging.INFO))
+    # Every registered secret (API keys) is removed from every record the handlers write.
+    install_log_redaction()
 
 
 def main() -> None:
     """Entry point: SplitpinError becomes a one-paragraph message and exit status 2."""
     _configure_logging()
     try:
+        check_secret_env(os.environ)  # a key with a stray newline: exit 2 naming the variable
         app()
     except SplitpinError as exc:
         typer.echo(f"error: {exc}", err=True)

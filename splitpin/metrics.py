@@ -56,7 +56,8 @@ VALIDATION_FAILURES = Counter(
 BUDGET_VERDICTS = Counter("splitpin_budget_verdicts_total", "Budget gate outcomes.", ["action"])
 BUDGET_REMAINING = Gauge(
     "splitpin_budget_remaining_usd",
-    "Budget left in the tenant's current window (tenants are few; never a user id).",
+    "Budget left in the tenant's current window, within [0, limit]. tenant: a configured "
+    "tenant id, or `other` for every unknown one (a bounded label set; never a user id).",
     ["tenant"],
 )
 BUDGET_RECONCILED = Counter(
@@ -100,6 +101,22 @@ CALLS_QUEUED = Gauge(
     "splitpin_model_calls_queued",
     "Model calls waiting for an executor slot in this process (the queue is unbounded).",
 )
+MODEL_CALL_FAILURES = Counter(
+    "splitpin_model_call_failures_total",
+    "Remote model calls that ended without a result (retries spent), by pinned model and "
+    "error type (a fixed set, providers.resilience.ErrorType).",
+    ["model", "error_type"],
+)
+MODEL_CALL_RETRIES = Counter(
+    "splitpin_model_call_retries_total",
+    "Retries of a remote model call, by pinned model and the error type that caused them.",
+    ["model", "reason"],
+)
+BREAKER_STATE = Gauge(
+    "splitpin_model_breaker_state",
+    "Circuit breaker per pinned model: 0 closed, 1 half-open, 2 open.",
+    ["model"],
+)
 
 
 def observe_call(record: CostRecord) -> None:
@@ -136,4 +153,10 @@ LATE_COST_RECORDS = Counter(
     "splitpin_cost_records_late_total",
     "CostRecords that arrived after their window closed.",
     ["model"],
+)
+PROCESSING_ERRORS = Counter(
+    "splitpin_processing_errors_total",
+    "Records a step's logic raised for (dead-lettered as processing_error, or the flow "
+    "stopped), by step and exception type.",
+    ["step", "error_type"],
 )
