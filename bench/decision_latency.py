@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from operators.routing import RoutePlan, Router
-from schemas.events import ConversationEvent
-from schemas.governance import GovernanceConfig
-from splitpin.router.classifier import Classification, Classifier
-from splitpin.router.train import DEFAULT_DATA_DIR, HOLDOUT_FRACTION, SEED, stratified_split
-from splitpin.settings import REPO_ROOT, load_settings
-from splitpin.tokens import count_tokens
+from splitpin.core.router.classifier import Classification, Classifier
+from splitpin.core.router.train import DEFAULT_DATA_DIR, HOLDOUT_FRACTION, SEED, stratified_split
+from splitpin.core.settings import REPO_ROOT, load_settings
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.routing import RoutePlan, Router
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig
 
 SAMPLE_EVENTS = REPO_ROOT / "data" / "sample" / "events.jsonl"
 MIN_MESSAGES = 2000

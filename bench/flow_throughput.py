@@ -55,12 +55,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from tqdm import tqdm
 
+from splitpin.app.replay import Pacer
+from splitpin.core.kafka.admin import broker_answers, create_topics, delete_topics
+from splitpin.core.kafka.producer import CheckedProducer, producer_config
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import REPO_ROOT, Settings, load_settings
 from splitpin.errors import SplitpinError
-from splitpin.kafka.admin import broker_answers, create_topics, delete_topics
-from splitpin.kafka.producer import CheckedProducer, producer_config
-from splitpin.kafka.reader import read_to_end
-from splitpin.replay import Pacer
-from splitpin.settings import REPO_ROOT, Settings, load_settings
 
 SAMPLE_EVENTS = REPO_ROOT / "data" / "sample" / "events.jsonl"
 BOOTSTRAP_ENV = ("SPLITPIN_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS")
@@ -802,7 +802,7 @@ def kafka_broker(settings: Settings) -> Iterator[tuple[Settings, str]]:
         yield settings, f"{bootstrap} (already running)"
         return
     # Imported here: only this path needs the broker module (and a JVM behind it).
-    from splitpin.kafka.broker import LocalBroker
+    from splitpin.core.kafka.broker import LocalBroker
 
     broker = LocalBroker(settings.broker)
     print(broker.start(), file=sys.stderr)

@@ -41,15 +41,15 @@ import orjson
 import yaml
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from operators.ingest import RawRecord
-from providers.knowledge_base import _package_kb, parse_articles
-from schemas import RoutingDecision, decode
-from schemas.metrics import CostRecord
-from schemas.replies import Reply
-from splitpin.router.classifier import Classifier
-from splitpin.settings import REPO_ROOT, Settings, load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import REPO_ROOT, Settings, load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
+from splitpin.operators.ingest import RawRecord
+from splitpin.providers.knowledge_base import _package_kb, parse_articles
+from splitpin.schemas import RoutingDecision, decode
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Reply
 
 SAMPLE = REPO_ROOT / "data" / "sample" / "events.jsonl"
 

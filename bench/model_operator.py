@@ -52,8 +52,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 from tqdm import tqdm
 
-from operators.call_executor import CallExecutor
-from operators.model_calls import CallFailed, CallTable, JobStep, model_calls, shard_of
+from splitpin.operators.call_executor import CallExecutor
+from splitpin.operators.model_calls import CallFailed, CallTable, JobStep, model_calls, shard_of
 
 HOLD_EOF_S = 0.02
 """How often the source checks whether every result is out before it ends the input.

@@ -12,7 +12,7 @@ routing.metrics (CostRecord) ─▶ ingest ─▶ key by tenant ─┴─▶ bud
      └─ routing.metrics (CostRecord) ◀─┬─ conversations.replies, replies.validation-failures
                                        └─ metrics.windowed (per tenant x model x minute)
 
-Every step whose code is ours runs under `operators.isolation`: a record a step raises for
+Every step whose code is ours runs under `splitpin.operators.isolation`: a record a step raises for
 becomes a `processing_error` dead letter (or stops the flow if `on_processing_error` is
 `stop`); the branches named `<step>-ok` take those failures to the dead-letter output.
 """
@@ -31,8 +31,12 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
-from flows.sink import CheckedKafkaSink, OutRecord
-from operators.answering import (
+from splitpin.core import metrics, tokens
+from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import Settings
+from splitpin.flows.sink import CheckedKafkaSink, OutRecord
+from splitpin.operators.answering import (
     AnswerJob,
     AnswerOutput,
     AnswerPolicy,
@@ -42,27 +46,23 @@ from operators.answering import (
     Escalation,
     ReplyTiming,
 )
-from operators.budget import BudgetGate, BudgetInput, BudgetOutput, _TenantLogic
-from operators.call_executor import shared_executor
-from operators.classify import Classified, MemoizedClassifier, classify_events
-from operators.cost_windows import window_costs, windowable
-from operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
-from operators.isolation import Failed, Isolation
-from operators.model_calls import CallPolicy, JobErrorHandler, model_calls, shard_of
-from operators.model_gateway import Completer, ModelGateway, SourceFinder
-from operators.routing import RoutePlan, Router, _ConversationLogic
-from providers.setup import build_model_backends
-from schemas.dead_letter import DeadLetter
-from schemas.decisions import RoutingDecision
-from schemas.events import ConversationEvent
-from schemas.metrics import CostRecord, WindowedCost
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from schemas.wire import WireModel, encode
-from splitpin import metrics, tokens
-from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
-from splitpin.router.classifier import Classifier
-from splitpin.settings import Settings
+from splitpin.operators.budget import BudgetGate, BudgetInput, BudgetOutput, _TenantLogic
+from splitpin.operators.call_executor import shared_executor
+from splitpin.operators.classify import Classified, MemoizedClassifier, classify_events
+from splitpin.operators.cost_windows import window_costs, windowable
+from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
+from splitpin.operators.isolation import Failed, Isolation
+from splitpin.operators.model_calls import CallPolicy, JobErrorHandler, model_calls, shard_of
+from splitpin.operators.model_gateway import Completer, ModelGateway, SourceFinder
+from splitpin.operators.routing import RoutePlan, Router, _ConversationLogic
+from splitpin.providers.setup import build_model_backends
+from splitpin.schemas.dead_letter import DeadLetter
+from splitpin.schemas.decisions import RoutingDecision
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.metrics import CostRecord, WindowedCost
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
+from splitpin.schemas.wire import WireModel, encode
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ Kafka acknowledged every record; otherwise DeliveryError stops the worker. Becau
 snapshot is committed only after its epoch's writes returned, the restarted flow
 re-produces anything that was not acknowledged: at-least-once, never lost.
 
-`WRITES` counts the batches in Kafka's hands, so a shutdown (splitpin/runner.py) can wait
+`WRITES` counts the batches in Kafka's hands, so a shutdown (splitpin/app/runner.py) can wait
 until those are acknowledged, and hold back new ones, before the process exits.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from splitpin import metrics
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.redaction import redact_bytes
+from splitpin.core import metrics
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.redaction import redact_bytes
 
 
 class WriteGate:

@@ -30,17 +30,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
-from operators.model_calls import CallFailed, JobStep
-from operators.validation import Violation, validate_answer
-from providers.base import CONFIRM, Candidate, Message, ModelRequest, ModelResult, SourceDoc
-from providers.prompting import customer_doc_ids
-from schemas.decisions import ModelRole, RoutingDecision
-from schemas.governance import GovernanceConfig
-from schemas.metrics import CostRecord
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.tokens import count_tokens
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
+from splitpin.operators.model_calls import CallFailed, JobStep
+from splitpin.operators.validation import Violation, validate_answer
+from splitpin.providers.base import (
+    CONFIRM,
+    Candidate,
+    Message,
+    ModelRequest,
+    ModelResult,
+    SourceDoc,
+)
+from splitpin.providers.prompting import customer_doc_ids
+from splitpin.schemas.decisions import ModelRole, RoutingDecision
+from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 
 CallPurpose = Literal["primary", "pinned", "verify", "reroute", "replan"]
 

@@ -38,16 +38,16 @@ from typing import Literal, get_args
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
-from operators.answering import DRAFT_OVERHEAD_TOKENS, CallPurpose, Dispatch
-from operators.context_guard import PromptPlan
-from operators.prompt_messages import turn_messages
-from operators.routing import RoutePlan
-from schemas.decisions import ModelRole, RoutingDecision
-from schemas.governance import GovernanceConfig, TenantBudget
-from schemas.metrics import CostRecord
-from schemas.normalize import normalize_tenant_id
-from schemas.validation import ValidationFailure
-from splitpin import metrics
+from splitpin.core import metrics
+from splitpin.operators.answering import DRAFT_OVERHEAD_TOKENS, CallPurpose, Dispatch
+from splitpin.operators.context_guard import PromptPlan
+from splitpin.operators.prompt_messages import turn_messages
+from splitpin.operators.routing import RoutePlan
+from splitpin.schemas.decisions import ModelRole, RoutingDecision
+from splitpin.schemas.governance import GovernanceConfig, TenantBudget
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.normalize import normalize_tenant_id
+from splitpin.schemas.validation import ValidationFailure
 
 log = logging.getLogger(__name__)
 

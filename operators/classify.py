@@ -18,9 +18,9 @@ from collections.abc import Callable
 from bytewax import operators as op
 from bytewax.dataflow import Stream
 
-from operators.isolation import Failed
-from schemas.events import ConversationEvent
-from splitpin.router.classifier import Classification, Classifier
+from splitpin.core.router.classifier import Classification, Classifier
+from splitpin.operators.isolation import Failed
+from splitpin.schemas.events import ConversationEvent
 
 
 class MemoizedClassifier:

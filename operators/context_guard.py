@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from operators.summarizer import digest, summarize
-from schemas.decisions import ModelRole
-from schemas.governance import ContextConfig, RoleConfig
-from splitpin.tokens import count_tokens
+from splitpin.core.summarizer import digest, summarize
+from splitpin.core.tokens import count_tokens
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import ContextConfig, RoleConfig
 
 
 class _HasContent(Protocol):

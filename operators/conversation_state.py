@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from operators.summarizer import digest
-from schemas.decisions import TokenCounts
-from schemas.events import ConversationEvent
-from schemas.governance import ConversationConfig
-from splitpin.tokens import count_tokens
+from splitpin.core.summarizer import digest
+from splitpin.core.tokens import count_tokens
+from splitpin.schemas.decisions import TokenCounts
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import ConversationConfig
 
 MAX_DIGESTS = 64
 """Digests of turns that left the window; the summary keeps the newest that fit its budget."""
@@ -59,7 +59,7 @@ class ConversationState:
     seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
     """event_id -> its token count: the token snapshot that makes a retried event a no-op."""
     cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
-    """Normalized text -> the routing outcome reused for a repeat (see operators.routing)."""
+    """Normalized text -> the routing outcome reused for a repeat (operators/routing.py)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,10 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators import windowing as win
 
-from operators.isolation import Failed, Isolation
-from schemas.governance import AccountingConfig
-from schemas.metrics import CostRecord, WindowedCost
-from splitpin import metrics
+from splitpin.core import metrics
+from splitpin.operators.isolation import Failed, Isolation
+from splitpin.schemas.governance import AccountingConfig
+from splitpin.schemas.metrics import CostRecord, WindowedCost
 
 WINDOW_ALIGN = datetime(1970, 1, 1, tzinfo=UTC)
 """Windows start at whole multiples of window_s since the epoch (minutes on the minute)."""

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, TypeVar
 import orjson
 from pydantic import ValidationError
 
-from schemas.dead_letter import DeadLetter, DeadLetterReason
-from schemas.events import ConversationEvent
-from schemas.wire import SUPPORTED_SCHEMA_VERSIONS, WireModel, encode
-from splitpin.settings import Settings
+from splitpin.core.settings import Settings
+from splitpin.schemas.dead_letter import DeadLetter, DeadLetterReason
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.wire import SUPPORTED_SCHEMA_VERSIONS, WireModel, encode
 
 if TYPE_CHECKING:
-    from schemas.governance import GovernanceConfig
+    from splitpin.schemas.governance import GovernanceConfig
 
 W = TypeVar("W", bound=WireModel)
 

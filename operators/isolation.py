@@ -32,10 +32,10 @@ from bytewax import operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 
-from operators.ingest import RawRecord, dead_letter
-from schemas.dead_letter import DeadLetter
-from splitpin import metrics
+from splitpin.core import metrics
 from splitpin.errors import SplitpinError
+from splitpin.operators.ingest import RawRecord, dead_letter
+from splitpin.schemas.dead_letter import DeadLetter
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Generic, Protocol, TypeVar
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
-from operators.call_executor import CallExecutor, CallTimeoutError
-from operators.isolation import Failed
+from splitpin.operators.call_executor import CallExecutor, CallTimeoutError
+from splitpin.operators.isolation import Failed
 
 log = logging.getLogger(__name__)
 

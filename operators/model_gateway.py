@@ -2,7 +2,7 @@
 
 Sources are built here and only here (and by the local fleet's own retrieval for small
 talk), from splitpin's knowledge bases; the request a provider receives has the customer's
-text neutralised (providers/prompting.py). Runs on the call executor's event loop.
+text neutralised (splitpin/providers/prompting.py). Runs on the call executor's event loop.
 Retrieval embeds text (CPU), so it goes to a thread to let other calls' network waits and
 emulated latencies overlap with it.
 Provider errors become data (`CallOutcome.error_kind`): the job decides what follows.
@@ -14,11 +14,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from operators.answering import CallOutcome, CallSpec
-from providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
-from providers.prompting import format_source, quoted_request
-from schemas.governance import GovernanceConfig
-from splitpin.tokens import count_tokens
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.answering import CallOutcome, CallSpec
+from splitpin.providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
+from splitpin.providers.prompting import format_source, quoted_request
+from splitpin.schemas.governance import GovernanceConfig
 
 RECENT_USER_TURNS = 3
 """A follow-up ("and how long will that take?") is retrieved with its recent context too."""

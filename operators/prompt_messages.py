@@ -4,7 +4,7 @@ A system event (support-platform notice) keeps its own role all the way to the p
 prompt builder, which renders it under a header customer text cannot produce: a customer
 message that starts with `[system]` stays a customer message (docs/architecture.md,
 "Sources come from splitpin"). The text is kept verbatim here; neutralising it is the
-prompt builder's job (providers/prompting.py), so validation still sees what was written.
+prompt builder's job (splitpin/providers/prompting.py), so validation still sees what was written.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from operators.conversation_state import Turn
-from providers.base import Message
+from splitpin.operators.conversation_state import Turn
+from splitpin.providers.base import Message
 
 MESSAGE_ROLES: dict[str, Literal["user", "assistant", "system"]] = {
     "customer": "user",

@@ -28,20 +28,20 @@ from datetime import UTC, datetime, timedelta
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
-from operators.classify import Classified
-from operators.context_guard import Overflow, PromptPlan, PromptTurn, plan_prompt
-from operators.conversation_state import (
+from splitpin.core import metrics
+from splitpin.core.router.classifier import Classification
+from splitpin.operators.classify import Classified
+from splitpin.operators.context_guard import Overflow, PromptPlan, PromptTurn, plan_prompt
+from splitpin.operators.conversation_state import (
     ConversationState,
     ConversationTracker,
     Turn,
     TurnObservation,
 )
-from schemas.decisions import FeatureValue, ModelRole, Tier
-from schemas.events import ConversationEvent
-from schemas.governance import GovernanceConfig
-from schemas.normalize import normalize_tag
-from splitpin import metrics
-from splitpin.router.classifier import Classification
+from splitpin.schemas.decisions import FeatureValue, ModelRole, Tier
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.normalize import normalize_tag
 
 _NORMALIZE = re.compile(r"[^\w]+")
 

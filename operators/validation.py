@@ -15,10 +15,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from providers.base import ModelResult, SourceDoc
-from providers.prompting import canonical_doc_id, mentioned_doc_ids
-from schemas.decisions import ModelRole
-from schemas.governance import PolicyCheck
+from splitpin.providers.base import ModelResult, SourceDoc
+from splitpin.providers.prompting import canonical_doc_id, mentioned_doc_ids
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import PolicyCheck
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,13 @@
 Wire models are frozen, carry `schema_version`, and travel as JSON encoded by orjson.
 """
 
-from schemas.dead_letter import DeadLetter
-from schemas.decisions import RoutingDecision, TokenCounts
-from schemas.events import ConversationEvent
-from schemas.metrics import CostRecord, WindowedCost
-from schemas.replies import Citation, Reply
-from schemas.validation import ValidationFailure
-from schemas.wire import SCHEMA_VERSION, WireModel, decode, encode
+from splitpin.schemas.dead_letter import DeadLetter
+from splitpin.schemas.decisions import RoutingDecision, TokenCounts
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.metrics import CostRecord, WindowedCost
+from splitpin.schemas.replies import Citation, Reply
+from splitpin.schemas.validation import ValidationFailure
+from splitpin.schemas.wire import SCHEMA_VERSION, WireModel, decode, encode
 
 __all__ = [
     "SCHEMA_VERSION",

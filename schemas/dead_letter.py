@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.wire import WireModel
+from splitpin.schemas.wire import WireModel
 
 DeadLetterReason = Literal[
     "oversize",

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.events import Channel
-from schemas.wire import WireModel
+from splitpin.schemas.events import Channel
+from splitpin.schemas.wire import WireModel
 
 Tier = Literal["trivial", "bounded", "extended"]
 ModelRole = Literal["fast", "long_context", "compliance", "verifier", "summarizer"]

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, JsonValue, StringConstraints, field_validator
 
-from schemas.normalize import normalize_tag, normalize_tenant_id
-from schemas.wire import (
+from splitpin.schemas.normalize import normalize_tag, normalize_tenant_id
+from splitpin.schemas.wire import (
     VISIBLE_PATTERN,
     EventTime,
     JsonPattern,

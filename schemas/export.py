@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 
-from schemas.dead_letter import DeadLetter
-from schemas.decisions import RoutingDecision
-from schemas.events import ConversationEvent
-from schemas.governance import GovernanceConfig
-from schemas.metrics import CostRecord, WindowedCost
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from schemas.wire import WireModel
+from splitpin.schemas.dead_letter import DeadLetter
+from splitpin.schemas.decisions import RoutingDecision
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.metrics import CostRecord, WindowedCost
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
+from splitpin.schemas.wire import WireModel
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
 
@@ -42,8 +42,9 @@ def render_json_schemas() -> dict[str, bytes]:
     return rendered
 
 
-def export_json_schemas(out_dir: Path | None = None) -> list[Path]:
-    target = out_dir or SCHEMA_DIR
+def export_json_schemas(out_dir: Path) -> list[Path]:
+    """Write every schema into `out_dir` (never into the installed package)."""
+    target = out_dir
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, data in render_json_schemas().items():

@@ -13,9 +13,9 @@ from typing import Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.decisions import ModelRole
-from schemas.normalize import normalize_tenant_id
 from splitpin.errors import ConfigError, describe_validation_error
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.normalize import normalize_tenant_id
 
 Encoding = Literal["cl100k_base", "o200k_base"]
 
@@ -124,9 +124,10 @@ class RoutingConfig(_Frozen):
 class ClassifierConfig(_Frozen):
     """The in-process transformer: all-MiniLM-L6-v2 int8 ONNX plus trained linear heads."""
 
-    artifacts_dir: Path = Field(
-        default=Path("splitpin/router/artifacts"),
-        description="Trained heads and their manifest; relative paths are from the repo root.",
+    artifacts_dir: Path | None = Field(
+        default=None,
+        description="Trained heads and their manifest; default: the heads shipped in the "
+        "package. A relative path is from the working directory.",
     )
     max_seq_tokens: int = Field(default=128, gt=8, le=512, description="WordPiece truncation.")
     intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per worker.")

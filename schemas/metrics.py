@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, Field
 
-from schemas.decisions import ModelRole
-from schemas.wire import EventTime, WireModel
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.wire import EventTime, WireModel
 
 
 class CostRecord(WireModel):

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.decisions import ModelRole
-from schemas.events import Channel
-from schemas.wire import WireModel
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.events import Channel
+from splitpin.schemas.wire import WireModel
 
 
 class Citation(BaseModel):

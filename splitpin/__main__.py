@@ -1,6 +1,6 @@
 """`python -m splitpin` is the same CLI as the `splitpin` script."""
 
-from splitpin.cli import main
+from splitpin.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from splitpin.kafka.admin import create_topics, delete_topics, wait_for_broker
-from splitpin.kafka.broker import LocalBroker
-from splitpin.router.classifier import Classifier
-from splitpin.settings import BrokerSettings, Settings, load_settings
+from splitpin.core.kafka.admin import create_topics, delete_topics, wait_for_broker
+from splitpin.core.kafka.broker import LocalBroker
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import BrokerSettings, Settings, load_settings
 from tests.factories import T0_PAST_SKEW_S
 from tests.kafka_helpers import KafkaBackend, TopicSettingsFactory, free_ports
 

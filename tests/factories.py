@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from operators.ingest import RawRecord
-from schemas.decisions import RoutingDecision, TokenCounts
+from splitpin.operators.ingest import RawRecord
+from splitpin.schemas.decisions import RoutingDecision, TokenCounts
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 T0_PAST_SKEW_S = 10 * 365 * 86_400.0

@@ -1,4 +1,4 @@
-"""The test's settings as a `splitpin run` child process (see splitpin/flow_process.py)."""
+"""The test's settings as a `splitpin run` child process (see splitpin/app/flow_process.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from splitpin import flow_process
-from splitpin.flow_process import kill_hard
-from splitpin.settings import Settings
+from splitpin.app import flow_process
+from splitpin.app.flow_process import kill_hard
+from splitpin.core.settings import Settings
 from tests.factories import T0_PAST_SKEW_S
 
 __all__ = ["flow_env", "kill_hard", "running_flow", "start_flow"]

@@ -25,9 +25,9 @@ import orjson
 import yaml
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.dead_letter import DeadLetterReason
-from splitpin.kafka.producer import producer_config
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.core.kafka.producer import producer_config
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.schemas.dead_letter import DeadLetterReason
 from tests.factories import event_dict
 
 Expect = Literal["dead_letter", "answered", "observed", "duplicate"]

@@ -12,9 +12,9 @@ from typing import Literal, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from splitpin.kafka.broker import LocalBroker
-from splitpin.kafka.logs import LIBRDKAFKA_LOGGER
-from splitpin.settings import Settings
+from splitpin.core.kafka.broker import LocalBroker
+from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
+from splitpin.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conversation_state import ConversationState
-from operators.routing import RoutePlan, Router
-from schemas.events import ConversationEvent
-from schemas.governance import GovernanceConfig, load_governance
-from splitpin.router.classifier import Classification
-from splitpin.settings import REPO_ROOT
+from splitpin.core.router.classifier import Classification
+from splitpin.core.settings import REPO_ROOT
+from splitpin.operators.conversation_state import ConversationState
+from splitpin.operators.routing import RoutePlan, Router
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig, load_governance
 from tests.factories import event_dict
 
 SHIPPED = load_governance(REPO_ROOT / "config" / "governance.yaml")

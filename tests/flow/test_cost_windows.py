@@ -21,9 +21,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
-from operators.cost_windows import window_costs
-from schemas.governance import AccountingConfig
-from schemas.metrics import CostRecord, WindowedCost
+from splitpin.operators.cost_windows import window_costs
+from splitpin.schemas.governance import AccountingConfig
+from splitpin.schemas.metrics import CostRecord, WindowedCost
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 CONFIG = AccountingConfig(window_s=60, allowed_lateness_s=5)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from splitpin.router.classifier import Classifier
-from splitpin.settings import load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 
 

@@ -31,19 +31,19 @@ import pytest
 import yaml
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from providers.base import Message, ModelRequest, SourceDoc
-from providers.knowledge_base import KnowledgeBases, Retriever
-from providers.local_fleet import LocalFleet
-from providers.prompting import SYSTEM_EVENT_HEADER
-from schemas import decode
-from schemas.decisions import ModelRole
-from schemas.governance import load_governance
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.router.classifier import Classifier
-from splitpin.settings import REPO_ROOT, load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import REPO_ROOT, load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
+from splitpin.providers.base import Message, ModelRequest, SourceDoc
+from splitpin.providers.knowledge_base import KnowledgeBases, Retriever
+from splitpin.providers.local_fleet import LocalFleet
+from splitpin.providers.prompting import SYSTEM_EVENT_HEADER
+from splitpin.schemas import decode
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import load_governance
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 from tests.model_api_server import ModelApiServer, succeed
 

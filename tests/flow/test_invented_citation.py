@@ -16,14 +16,14 @@ import pytest
 import yaml
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from schemas import decode
-from schemas.metrics import CostRecord
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.router.classifier import Classifier
-from splitpin.settings import REPO_ROOT, load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import REPO_ROOT, load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
+from splitpin.schemas import decode
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 from tests.model_api_server import ModelApiServer, succeed
 

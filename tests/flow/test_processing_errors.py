@@ -16,14 +16,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from operators.cost_windows import EARLIEST, LATEST, window_costs, windowable
-from operators.ingest import RawRecord
-from operators.routing import Router
-from schemas import DeadLetter, Reply, RoutingDecision, decode
-from splitpin.router.classifier import Classifier
-from splitpin.settings import Settings, load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import Settings, load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
+from splitpin.operators.cost_windows import EARLIEST, LATEST, window_costs, windowable
+from splitpin.operators.ingest import RawRecord
+from splitpin.operators.routing import Router
+from splitpin.schemas import DeadLetter, Reply, RoutingDecision, decode
 from tests.factories import event_dict, raw
 from tests.unit.test_cost_windows import record as cost_record
 

@@ -6,12 +6,12 @@ import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from operators.ingest import RawRecord
-from schemas import DeadLetter, RoutingDecision, decode
-from splitpin.router.classifier import Classifier
-from splitpin.settings import Settings, load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import Settings, load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
+from splitpin.operators.ingest import RawRecord
+from splitpin.schemas import DeadLetter, RoutingDecision, decode
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from splitpin.errors import BrokerError
-from splitpin.kafka.admin import (
+from splitpin.core.kafka.admin import (
     admin_client,
     broker_answers,
     create_topics,
@@ -20,9 +19,10 @@ from splitpin.kafka.admin import (
     describe_topics,
     wait_for_broker,
 )
-from splitpin.kafka.broker import LocalBroker
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.settings import REPO_ROOT, BrokerSettings, Settings
+from splitpin.core.kafka.broker import LocalBroker
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.settings import REPO_ROOT, BrokerSettings, Settings
+from splitpin.errors import BrokerError
 from tests.conftest import unique_settings
 from tests.kafka_helpers import KafkaBackend, TopicSettingsFactory, consume_all, free_ports
 

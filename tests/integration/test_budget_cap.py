@@ -19,13 +19,13 @@ import orjson
 import pytest
 import yaml
 
-from schemas import decode
-from schemas.metrics import CostRecord
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.schemas import decode
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import read_until

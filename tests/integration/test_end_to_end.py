@@ -20,15 +20,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from providers.knowledge_base import _package_kb, parse_articles
-from schemas import DeadLetter, RoutingDecision, decode
-from schemas.metrics import CostRecord, WindowedCost
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.replay import replay_file
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.app.replay import replay_file
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.providers.knowledge_base import _package_kb, parse_articles
+from splitpin.schemas import DeadLetter, RoutingDecision, decode
+from splitpin.schemas.metrics import CostRecord, WindowedCost
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import free_ports, read_until

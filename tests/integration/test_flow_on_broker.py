@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import DeadLetter, RoutingDecision, decode
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.settings import Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.settings import Settings
+from splitpin.schemas import DeadLetter, RoutingDecision, decode
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import read_until

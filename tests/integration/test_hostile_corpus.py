@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message
 
-from schemas import DeadLetter, Reply, RoutingDecision, decode
-from splitpin.settings import Settings
+from splitpin.core.settings import Settings
+from splitpin.schemas import DeadLetter, Reply, RoutingDecision, decode
 from tests.flow_process import running_flow
 from tests.hostile import (
     HostileCorpus,

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from operators.ingest import IngestLimits, RawRecord, parse_event
-from schemas import ConversationEvent, DeadLetter, decode, encode
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.settings import Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import Settings
+from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event
+from splitpin.schemas import ConversationEvent, DeadLetter, decode, encode
 from tests.factories import event_dict
 from tests.kafka_helpers import TopicSettingsFactory
 

@@ -16,11 +16,11 @@ import orjson
 import pytest
 import yaml
 
-from schemas import RoutingDecision, decode
-from schemas.replies import Reply
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.schemas import RoutingDecision, decode
+from splitpin.schemas.replies import Reply
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import read_until

@@ -25,11 +25,11 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from schemas import DeadLetter, Reply, RoutingDecision, decode
-from schemas.dead_letter import DeadLetterReason
-from splitpin.flow_process import stop
-from splitpin.kafka.admin import create_topics, delete_topics
-from splitpin.settings import Settings, load_settings
+from splitpin.app.flow_process import stop
+from splitpin.core.kafka.admin import create_topics, delete_topics
+from splitpin.core.settings import Settings, load_settings
+from splitpin.schemas import DeadLetter, Reply, RoutingDecision, decode
+from splitpin.schemas.dead_letter import DeadLetterReason
 from tests.flow_process import kill_hard, start_flow
 from tests.hostile import (
     Hostile,

@@ -27,12 +27,12 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from flows.routing_flow import build_flow
-from operators.routing import Router
-from schemas import DeadLetter, Reply, RoutingDecision, decode
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.router.classifier import Classifier
-from splitpin.settings import Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import Settings
+from splitpin.flows.routing_flow import build_flow
+from splitpin.operators.routing import Router
+from splitpin.schemas import DeadLetter, Reply, RoutingDecision, decode
 from tests.factories import event_dict
 from tests.kafka_helpers import read_until
 

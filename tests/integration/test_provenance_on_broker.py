@@ -22,15 +22,15 @@ import orjson
 import pytest
 import yaml
 
-from providers.prompting import SYSTEM_EVENT_HEADER
-from schemas import decode
-from schemas.governance import load_governance
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.router.classifier import Classifier
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.providers.prompting import SYSTEM_EVENT_HEADER
+from splitpin.schemas import decode
+from splitpin.schemas.governance import load_governance
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
 from tests.flow.test_forged_sources import CLAIM, TYPED_SYSTEM, forged_message
 from tests.flow_process import running_flow

@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import RoutingDecision, decode
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.settings import Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.settings import Settings
+from splitpin.schemas import RoutingDecision, decode
 from tests.factories import event_dict
 from tests.flow_process import kill_hard, running_flow, start_flow
 from tests.kafka_helpers import read_until

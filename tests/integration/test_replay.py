@@ -9,11 +9,11 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from schemas.events import ConversationEvent
-from schemas.wire import decode
+from splitpin.app.replay import replay_file
+from splitpin.core.settings import REPO_ROOT, load_settings
 from splitpin.errors import DeliveryError
-from splitpin.replay import replay_file
-from splitpin.settings import REPO_ROOT, load_settings
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.wire import decode
 from tests.factories import event_dict
 from tests.kafka_helpers import TopicSettingsFactory, consume_all, free_ports
 

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import CostRecord, RoutingDecision, ValidationFailure, decode
-from schemas.replies import Reply
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.settings import REPO_ROOT, Settings
-from splitpin.tokens import count_tokens
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.tokens import count_tokens
+from splitpin.schemas import CostRecord, RoutingDecision, ValidationFailure, decode
+from splitpin.schemas.replies import Reply
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import free_ports, read_until

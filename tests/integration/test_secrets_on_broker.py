@@ -18,16 +18,16 @@ import orjson
 import pytest
 import yaml
 
-from flows.routing_flow import build_flow
-from flows.sink import CheckedKafkaSink, OutRecord
-from schemas import decode
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.kafka.reader import read_to_end
-from splitpin.redaction import SECRETS, RedactingFilter, variants
-from splitpin.router.classifier import Classifier
-from splitpin.settings import REPO_ROOT, Settings
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.redaction import SECRETS, RedactingFilter, variants
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.flows.routing_flow import build_flow
+from splitpin.flows.sink import CheckedKafkaSink, OutRecord
+from splitpin.schemas import decode
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
 from tests.model_api_server import ModelApiServer, grounded
 

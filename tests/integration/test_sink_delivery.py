@@ -9,11 +9,11 @@ import pytest
 from bytewax.testing import TestingSource, run_main
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import CheckedKafkaSink, OutRecord
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.settings import Settings
 from splitpin.errors import DeliveryError
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.settings import Settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import CheckedKafkaSink, OutRecord
 from tests.factories import event_dict, raw
 from tests.kafka_helpers import consume_all
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import RoutingDecision, decode
-from splitpin.kafka.admin import create_topics, delete_topics
-from splitpin.kafka.broker import LocalBroker
-from splitpin.kafka.producer import CheckedProducer
-from splitpin.settings import BrokerSettings, Settings
+from splitpin.core.kafka.admin import create_topics, delete_topics
+from splitpin.core.kafka.broker import LocalBroker
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.settings import BrokerSettings, Settings
+from splitpin.schemas import RoutingDecision, decode
 from tests.conftest import unique_settings
 from tests.factories import event_dict
 from tests.flow_process import flow_env, running_flow, start_flow

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from operators.answering import (
+from splitpin.operators.answering import (
     AnswerOutput,
     AnswerPolicy,
     CallOutcome,
@@ -16,11 +16,11 @@ from operators.answering import (
     Escalation,
     ReplyTiming,
 )
-from operators.model_calls import CallFailed
-from providers.base import CONFIRM, Message, ModelResult, SourceDoc, Usage
-from schemas.metrics import CostRecord
-from schemas.replies import Citation, Reply
-from schemas.validation import ValidationFailure
+from splitpin.operators.model_calls import CallFailed
+from splitpin.providers.base import CONFIRM, Message, ModelResult, SourceDoc, Usage
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Citation, Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, decision
 from tests.routing_helpers import governance
 

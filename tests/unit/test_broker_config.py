@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from splitpin.errors import BrokerError
-from splitpin.kafka.admin import wait_for_broker
-from splitpin.kafka.broker import (
+from splitpin.core.kafka.admin import wait_for_broker
+from splitpin.core.kafka.broker import (
     DEPENDENCY_PLUGIN_VERSION,
     BrokerStatus,
     LocalBroker,
@@ -23,7 +22,8 @@ from splitpin.kafka.broker import (
     render_pom,
     render_server_properties,
 )
-from splitpin.settings import REPO_ROOT, BrokerSettings
+from splitpin.core.settings import REPO_ROOT, BrokerSettings
+from splitpin.errors import BrokerError
 from tests.kafka_helpers import free_ports
 
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from operators.answering import AnswerPolicy, Dispatch
-from operators.budget import (
+from splitpin.operators.answering import AnswerPolicy, Dispatch
+from splitpin.operators.budget import (
     BudgetGate,
     CallBound,
     TenantLedger,
@@ -20,10 +20,10 @@ from operators.budget import (
     build_dispatch,
     gauge_tenant,
 )
-from operators.routing import RoutePlan
-from schemas.decisions import RoutingDecision
-from schemas.governance import GovernanceConfig
-from schemas.metrics import CostRecord
+from splitpin.operators.routing import RoutePlan
+from splitpin.schemas.decisions import RoutingDecision
+from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.metrics import CostRecord
 from tests.routing_helpers import Conversation, classification, governance
 
 T_START = 1_800_000_000.0  # a processing-time instant at an hour boundary

@@ -19,8 +19,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.answering import DRAFT_OVERHEAD_TOKENS, AnswerPolicy, CallOutcome, CallSpec, Dispatch
-from operators.budget import (
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.answering import (
+    DRAFT_OVERHEAD_TOKENS,
+    AnswerPolicy,
+    CallOutcome,
+    CallSpec,
+    Dispatch,
+)
+from splitpin.operators.budget import (
     NANOS_PER_USD,
     BudgetGate,
     CallBound,
@@ -28,15 +35,14 @@ from operators.budget import (
     build_decision,
     build_dispatch,
 )
-from operators.context_guard import MESSAGE_OVERHEAD_TOKENS
-from operators.model_calls import CallFailed
-from operators.routing import RoutePlan
-from providers.base import ModelResult, SourceDoc, Usage
-from schemas.decisions import RoutingDecision
-from schemas.governance import GovernanceConfig
-from schemas.metrics import CostRecord
-from schemas.replies import Citation
-from splitpin.tokens import count_tokens
+from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS
+from splitpin.operators.model_calls import CallFailed
+from splitpin.operators.routing import RoutePlan
+from splitpin.providers.base import ModelResult, SourceDoc, Usage
+from splitpin.schemas.decisions import RoutingDecision
+from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Citation
 from tests.routing_helpers import Conversation, classification, governance
 
 WINDOW_S = 3600.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitpin.settings import REPO_ROOT
+from splitpin.core.settings import REPO_ROOT
 
 
 def _validate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,9 +71,9 @@ def test_validate_rejects_what_run_rejects(tmp_path: Path, mutate, field: str) -
     assert result.returncode == 2, result.stdout
     assert field in result.stderr
     # ... and `run` refuses the same file at start-up, naming the same field.
-    from flows.routing_flow import build_flow
+    from splitpin.core.settings import load_settings
     from splitpin.errors import ConfigError
-    from splitpin.settings import load_settings
+    from splitpin.flows.routing_flow import build_flow
 
     with pytest.raises(ConfigError) as excinfo:
         build_flow(load_settings(governance_path=path))

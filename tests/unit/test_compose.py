@@ -12,8 +12,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import splitpin.metrics  # noqa: F401  (registers splitpin's metrics)
-from splitpin.settings import REPO_ROOT
+import splitpin.core.metrics  # noqa: F401  (registers splitpin's metrics)
+from splitpin.core.settings import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -93,7 +93,8 @@ def test_flow_processes_form_one_consistent_cluster(services: dict[str, Any]) ->
     assert len(recovery) == 1
     mounts = [set(services[name]["volumes"]) for name in FLOWS]
     assert mounts[0] == mounts[1]
-    assert any(m.endswith(f":{recovery.pop()}") and not m.startswith(".") for m in mounts[0])
+    recovery_dir = recovery.pop()
+    assert any(m.endswith(f":{recovery_dir}") and not m.startswith(".") for m in mounts[0])
     for name in FLOWS:
         depends = services[name]["depends_on"]
         assert depends["topics"]["condition"] == "service_completed_successfully"
@@ -135,20 +136,32 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_installs_the_project_with_its_governance_file() -> None:
+def test_dockerfile_builds_the_wheel_and_installs_only_it() -> None:
+    """Two stages: the wheel is built from the sources, the runtime image installs just it
+    (tests/unit/test_wheel_contents.py checks that wheel), as an unprivileged user."""
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
-    assert lines[[line.startswith("FROM") for line in lines].index(True)] == (
-        "FROM python:3.11-slim"
-    )
-    assert any(line.startswith("RUN pip install .") for line in lines)
-    assert "ENV SPLITPIN_GOVERNANCE_PATH=/app/config/governance.yaml" in lines
-    assert "COPY config ./config" in lines and "WORKDIR /app" in lines
+    froms = [line for line in lines if line.startswith("FROM")]
+    assert froms == ["FROM python:3.11-slim AS build", "FROM python:3.11-slim"]
+    assert "RUN pip wheel --no-deps --wheel-dir /wheels ." in lines
+    assert "COPY --from=build /wheels /wheels" in lines
+    assert "RUN pip install /wheels/*.whl && rm -rf /wheels" in lines
+    runtime = lines[lines.index("FROM python:3.11-slim") :]
+    assert "USER splitpin" in runtime
+    assert not any(line.startswith("COPY ") and "--from=build" not in line for line in runtime)
+    assert any("tokens.encoding" in line for line in runtime)  # encodings seeded at build
     assert (REPO_ROOT / "config" / "governance.yaml").is_file()
     # Every COPY source exists, so the build cannot break on a renamed directory.
     for line in lines:
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_compose_mounts_the_governance_file_it_points_at() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    env = compose["x-flow-env"]
+    assert env["SPLITPIN_GOVERNANCE_PATH"] == "/app/config/governance.yaml"
+    assert "./config:/app/config:ro" in compose["x-flow"]["volumes"]
 
 
 def test_docker_compose_validates_the_file() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.governance import load_governance
+from splitpin.core.settings import REPO_ROOT, load_settings
 from splitpin.errors import ConfigError
-from splitpin.settings import REPO_ROOT, load_settings
+from splitpin.schemas.governance import load_governance
 
 SHIPPED = REPO_ROOT / "config" / "governance.yaml"
 

@@ -6,16 +6,16 @@ import random
 
 import pytest
 
-from operators.context_guard import (
+from splitpin.core.summarizer import HEADER, digest, summarize
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.context_guard import (
     MESSAGE_OVERHEAD_TOKENS,
     Overflow,
     PromptPlan,
     PromptTurn,
     plan_prompt,
 )
-from operators.summarizer import HEADER, digest, summarize
-from schemas.governance import ContextConfig, RoleConfig
-from splitpin.tokens import count_tokens
+from splitpin.schemas.governance import ContextConfig, RoleConfig
 
 CONTEXT = ContextConfig(system_prompt_tokens=600, summary_max_tokens=512, fit_order=("fast",))
 INCIDENT_ROLE = RoleConfig(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pickle
 
-from operators.conversation_state import ConversationState, ConversationTracker
-from schemas.events import ConversationEvent
-from schemas.governance import ConversationConfig
-from splitpin.tokens import count_tokens
+from splitpin.core.tokens import count_tokens
+from splitpin.operators.conversation_state import ConversationState, ConversationTracker
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import ConversationConfig
 from tests.factories import event_dict
 
 CONFIG = ConversationConfig(

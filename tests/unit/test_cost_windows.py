@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from operators.cost_windows import (
+from splitpin.operators.cost_windows import (
     CostWindow,
     CountedWindows,
     nearest_rank,
     window_bounds,
 )
-from schemas.metrics import CostRecord
+from splitpin.schemas.metrics import CostRecord
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 MINUTE = timedelta(seconds=60)
@@ -155,7 +155,7 @@ def test_a_late_record_seen_before_its_window_closes_is_not_counted_twice() -> N
 
 
 def test_old_windows_are_forgotten_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("operators.cost_windows.MAX_REMEMBERED_IDS", 3)
+    monkeypatch.setattr("splitpin.operators.cost_windows.MAX_REMEMBERED_IDS", 3)
     counted = CountedWindows(MINUTE)
     for i in range(4):
         counted.on_batch([(W0 + i, window_of(record(f"e{i}:0", at_s=60 * i)))])

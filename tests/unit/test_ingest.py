@@ -11,13 +11,19 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.ingest import IngestLimits, RawRecord, dead_letter, parse_event, parse_record
-from schemas.dead_letter import DeadLetter
-from schemas.events import ConversationEvent
-from schemas.governance import TenancyConfig
-from schemas.metrics import CostRecord
-from schemas.wire import encode
-from splitpin.settings import load_settings
+from splitpin.core.settings import load_settings
+from splitpin.operators.ingest import (
+    IngestLimits,
+    RawRecord,
+    dead_letter,
+    parse_event,
+    parse_record,
+)
+from splitpin.schemas.dead_letter import DeadLetter
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import TenancyConfig
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.wire import encode
 from tests.factories import T0, event_dict, raw
 
 MAX = 4096

@@ -17,14 +17,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
-from schemas.dead_letter import DeadLetter
-from schemas.events import ConversationEvent
-from schemas.governance import TenancyConfig
-from schemas.metrics import CostRecord
-from schemas.normalize import normalize_tenant_id
-from schemas.wire import decode, encode, has_visible
-from splitpin.settings import load_settings
+from splitpin.core.settings import load_settings
+from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
+from splitpin.schemas.dead_letter import DeadLetter
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import TenancyConfig
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.normalize import normalize_tenant_id
+from splitpin.schemas.wire import decode, encode, has_visible
 from tests.factories import T0, event_dict
 
 T0_MS = int(T0.timestamp() * 1000)

@@ -18,24 +18,24 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import isolation
-from operators.budget import BudgetGate, TenantLedger, Verdict, _TenantLogic
-from operators.classify import MemoizedClassifier, classify_each
-from operators.cost_windows import _wake_at, windowable
-from operators.ingest import RawRecord
-from operators.isolation import (
+from splitpin.core import metrics
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import load_settings
+from splitpin.operators import isolation
+from splitpin.operators.budget import BudgetGate, TenantLedger, Verdict, _TenantLogic
+from splitpin.operators.classify import MemoizedClassifier, classify_each
+from splitpin.operators.cost_windows import _wake_at, windowable
+from splitpin.operators.ingest import RawRecord
+from splitpin.operators.isolation import (
     Failed,
     IsolatedBatchLogic,
     IsolatedLogic,
     Isolation,
     ProcessingError,
 )
-from operators.model_calls import CallTable, JobStep
-from operators.routing import RoutePlan, Router, _ConversationLogic
-from schemas.events import ConversationEvent
-from splitpin import metrics
-from splitpin.router.classifier import Classifier
-from splitpin.settings import load_settings
+from splitpin.operators.model_calls import CallTable, JobStep
+from splitpin.operators.routing import RoutePlan, Router, _ConversationLogic
+from splitpin.schemas.events import ConversationEvent
 from tests.factories import event_dict
 from tests.unit.test_cost_windows import record as cost_record
 
@@ -282,7 +282,7 @@ class FlakyPolicy:
 
 
 def test_a_job_that_raises_fails_alone() -> None:
-    from operators.call_executor import CallExecutor
+    from splitpin.operators.call_executor import CallExecutor
 
     def on_job_error(
         job_id: str | None, item: str | None, job: str | None, exc: Exception
@@ -308,7 +308,7 @@ def test_a_job_that_raises_fails_alone() -> None:
 
 
 def test_without_a_handler_a_job_error_propagates() -> None:
-    from operators.call_executor import CallExecutor
+    from splitpin.operators.call_executor import CallExecutor
 
     executor = CallExecutor(1)
     try:
@@ -451,8 +451,8 @@ def test_a_poison_item_in_a_batch_fails_alone_and_leaves_no_trace(
 
 
 def test_an_abandoned_job_still_ends_with_one_final_safe_reply() -> None:
-    from operators.answering import AnswerJob, AnswerPolicy, Dispatch
-    from schemas.replies import Reply
+    from splitpin.operators.answering import AnswerJob, AnswerPolicy, Dispatch
+    from splitpin.schemas.replies import Reply
     from tests.factories import decision
 
     governance = load_settings().governance

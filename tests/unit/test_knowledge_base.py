@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from providers.base import SourceDoc
-from providers.knowledge_base import (
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.router.embedder import Embedder
+from splitpin.core.settings import REPO_ROOT
+from splitpin.errors import ConfigError
+from splitpin.providers.base import SourceDoc
+from splitpin.providers.knowledge_base import (
     Article,
     KnowledgeBases,
     Retriever,
@@ -20,11 +24,7 @@ from providers.knowledge_base import (
     parse_articles,
     rank,
 )
-from schemas.governance import load_governance
-from splitpin.errors import ConfigError
-from splitpin.router.classifier import Classifier
-from splitpin.router.embedder import Embedder
-from splitpin.settings import REPO_ROOT
+from splitpin.schemas.governance import load_governance
 
 GOVERNANCE = load_governance(REPO_ROOT / "config" / "governance.yaml")
 

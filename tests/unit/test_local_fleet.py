@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.summarizer import HEADER
-from providers.base import (
+from splitpin.core.settings import REPO_ROOT
+from splitpin.core.summarizer import HEADER
+from splitpin.providers.base import (
     CONFIRM,
     BadRequestError,
     Candidate,
@@ -31,8 +32,8 @@ from providers.base import (
     ModelResult,
     SourceDoc,
 )
-from providers.emulation import emulated_latency_ms, request_seed
-from providers.local_fleet import (
+from splitpin.providers.emulation import emulated_latency_ms, request_seed
+from splitpin.providers.local_fleet import (
     UNCITED_CONFIDENCE_CAP,
     FastResponder,
     LocalFleet,
@@ -46,9 +47,8 @@ from providers.local_fleet import (
     margin_confidence,
     recency_weights,
 )
-from schemas.decisions import ModelRole
-from schemas.governance import EmulationProfile, GovernanceConfig, load_governance
-from splitpin.settings import REPO_ROOT
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import EmulationProfile, GovernanceConfig, load_governance
 
 GOVERNANCE = load_governance(REPO_ROOT / "config" / "governance.yaml")
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "banking77_heldout_sample.csv"

@@ -9,7 +9,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitpin.kafka.logs import RepeatFilter
+from splitpin.core.kafka.logs import RepeatFilter
 
 WINDOW_S = 10.0
 SUMMARY = re.compile(r"\(repeated ([\d,]+) times in the last (\d+) s\)$")

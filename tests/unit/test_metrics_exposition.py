@@ -9,10 +9,10 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY, generate_latest
 
-from flows.routing_flow import FlowInputs, build_flow
-from flows.sink import OutRecord
-from splitpin.router.classifier import Classifier
-from splitpin.settings import load_settings
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.settings import load_settings
+from splitpin.flows.routing_flow import FlowInputs, build_flow
+from splitpin.flows.sink import OutRecord
 from tests.factories import event_dict, raw
 
 FORBIDDEN_LABELS = {"conversation_id", "event_id", "tenant_id", "user_id", "session_id"}

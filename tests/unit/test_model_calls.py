@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from operators.call_executor import CallExecutor
-from operators.model_calls import CallFailed, CallTable, JobStep, shard_of
+from splitpin.operators.call_executor import CallExecutor
+from splitpin.operators.model_calls import CallFailed, CallTable, JobStep, shard_of
 
 
 @dataclass

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.conversation_state import ConversationState
-from operators.routing import RoutePlan, Router
-from operators.validation import validate_answer
-from providers.base import ModelResult
-from schemas.events import ConversationEvent
-from schemas.governance import GovernanceConfig
-from splitpin.router.classifier import Classifier, pieces
-from splitpin.settings import REPO_ROOT
+from splitpin.core.router.classifier import Classifier, pieces
+from splitpin.core.settings import REPO_ROOT
+from splitpin.operators.conversation_state import ConversationState
+from splitpin.operators.routing import RoutePlan, Router
+from splitpin.operators.validation import validate_answer
+from splitpin.providers.base import ModelResult
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig
 from tests.factories import event_dict
 from tests.routing_helpers import SHIPPED
 

@@ -3,8 +3,8 @@ conversation in the turns) and the citations read back from an answer."""
 
 from __future__ import annotations
 
-from providers.base import Candidate, Message, ModelRequest, SourceDoc
-from providers.prompting import (
+from splitpin.providers.base import Candidate, Message, ModelRequest, SourceDoc
+from splitpin.providers.prompting import (
     AGENT_OPENING_HEADER,
     DRAFTS_HEADER,
     INSTRUCTIONS,
@@ -18,7 +18,7 @@ from providers.prompting import (
     parse_citations,
     system_prompt,
 )
-from schemas.replies import Citation
+from splitpin.schemas.replies import Citation
 
 CARD = SourceDoc(
     doc_id="InternalDoc-3",

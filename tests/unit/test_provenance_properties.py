@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.validation import validate_answer
-from providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc, Usage
-from providers.openai_provider import OpenAIProvider
-from providers.prompting import (
+from splitpin.operators.validation import validate_answer
+from splitpin.providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc, Usage
+from splitpin.providers.openai_provider import OpenAIProvider
+from splitpin.providers.prompting import (
     conversation,
     customer_doc_ids,
     logprob_confidence,
@@ -38,7 +38,7 @@ from providers.prompting import (
     quoted_request,
     system_prompt,
 )
-from schemas.governance import RoleConfig
+from splitpin.schemas.governance import RoleConfig
 from tests.model_api_server import ModelApiServer, succeed
 
 CANARY = "zqxcanary"

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from providers.anthropic_provider import AnthropicProvider
-from providers.base import (
+from splitpin.core.redaction import RedactingFilter
+from splitpin.errors import ConfigError
+from splitpin.providers.anthropic_provider import AnthropicProvider
+from splitpin.providers.base import (
     BadRequestError,
     CircuitOpenError,
     ContextOverflowError,
@@ -32,13 +34,11 @@ from providers.base import (
     TransientError,
     Usage,
 )
-from providers.openai_provider import OpenAIProvider
-from providers.registry import ProviderRegistry
-from providers.resilience import CircuitBreaker, ResilientProvider
-from schemas.decisions import ModelRole
-from schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
-from splitpin.errors import ConfigError
-from splitpin.redaction import RedactingFilter
+from splitpin.providers.openai_provider import OpenAIProvider
+from splitpin.providers.registry import ProviderRegistry
+from splitpin.providers.resilience import CircuitBreaker, ResilientProvider
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
 from tests.model_api_server import (
     ANTHROPIC_PATH,
     OPENAI_PATH,
@@ -545,7 +545,7 @@ def test_retry_after_beyond_the_deadline_moves_to_the_next_model_over_the_wire(
 ) -> None:
     governance = _governance("remote", fallback={"fast": ["long_context"]})
     api.script(rate_limited(retry_after_s=600), succeed(ANSWER))
-    caplog.set_level(logging.WARNING, logger="providers.resilience")
+    caplog.set_level(logging.WARNING, logger="splitpin.providers.resilience")
     result = _registry_complete(api, governance, _request())
     assert result.role == "long_context"
     assert (api.count(ANTHROPIC_PATH), api.count(OPENAI_PATH)) == (1, 1)  # no early retry

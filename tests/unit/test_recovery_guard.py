@@ -10,8 +10,8 @@ from bytewax.recovery import init_db_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from splitpin.app.recovery import StartMode, check_partition, decide_start, read_state
 from splitpin.errors import StartupError
-from splitpin.recovery import StartMode, check_partition, decide_start, read_state
 
 counts = st.dictionaries(st.sampled_from(["a.decisions", "a.replies", "a.dead"]), st.integers(0, 9))
 

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from splitpin.errors import ConfigError
-from splitpin.redaction import (
+from splitpin.core.redaction import (
     MIN_SECRET_CHARS,
     REDACTED,
     SECRET_VARIABLES,
@@ -26,6 +25,7 @@ from splitpin.redaction import (
     install_log_redaction,
     redact_exception,
 )
+from splitpin.errors import ConfigError
 
 KEY_CHARS = string.ascii_letters + string.digits + "-_"
 keys = st.text(KEY_CHARS, min_size=MIN_SECRET_CHARS, max_size=64)
@@ -145,6 +145,6 @@ def test_clean_keys_pass_and_are_registered() -> None:
 
 
 def test_every_provider_key_variable_is_a_secret() -> None:
-    from providers.registry import ANTHROPIC_KEY, OPENAI_KEY
+    from splitpin.providers.registry import ANTHROPIC_KEY, OPENAI_KEY
 
     assert {ANTHROPIC_KEY, OPENAI_KEY} <= set(SECRET_VARIABLES)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from splitpin.app.replay import Pacer, ReplayResult, _lines, record_key, restamp, restamp_offset
 from splitpin.errors import ConfigError
-from splitpin.replay import Pacer, ReplayResult, _lines, record_key, restamp, restamp_offset
 from tests.factories import T0, event_dict
 
 

@@ -7,11 +7,7 @@ from typing import Literal
 
 import pytest
 
-from schemas.events import ConversationEvent
-from schemas.metrics import CostRecord
-from schemas.replies import Reply
-from schemas.validation import ValidationFailure
-from splitpin.report import (
+from splitpin.app.report import (
     REFUSED,
     Stamped,
     Summary,
@@ -22,6 +18,10 @@ from splitpin.report import (
     route_label,
     summarize,
 )
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, decision
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from operators.answering import (
+from splitpin.operators.answering import (
     AnswerOutput,
     AnswerPolicy,
     CallOutcome,
@@ -20,8 +20,8 @@ from operators.answering import (
     Dispatch,
     Escalation,
 )
-from operators.budget import BudgetGate, TenantLedger
-from providers.base import (
+from splitpin.operators.budget import BudgetGate, TenantLedger
+from splitpin.providers.base import (
     BadRequestError,
     CircuitOpenError,
     ContextOverflowError,
@@ -34,7 +34,7 @@ from providers.base import (
     TransientError,
     Usage,
 )
-from providers.resilience import (
+from splitpin.providers.resilience import (
     AttemptTimeoutError,
     CircuitBreaker,
     FallbackChain,
@@ -46,11 +46,11 @@ from providers.resilience import (
     link_deadline_s,
     parse_retry_after,
 )
-from schemas.decisions import ModelRole
-from schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
-from schemas.metrics import CostRecord
-from schemas.replies import Citation, Reply
-from schemas.validation import ValidationFailure
+from splitpin.schemas.decisions import ModelRole
+from splitpin.schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Citation, Reply
+from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, decision
 from tests.routing_helpers import Conversation, governance
 from tests.time_fakes import FakeClock, FakeSleep

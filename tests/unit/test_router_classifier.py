@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.governance import ClassifierConfig, RoutingConfig, load_governance
-from splitpin.errors import ConfigError
-from splitpin.router.classifier import (
+from splitpin.core.router.classifier import (
     NO_INTENT,
     Classification,
     Classifier,
@@ -20,8 +18,10 @@ from splitpin.router.classifier import (
     pieces,
     resolve_artifacts_dir,
 )
-from splitpin.router.heads import read_bundle
-from splitpin.settings import REPO_ROOT
+from splitpin.core.router.heads import read_bundle
+from splitpin.core.settings import REPO_ROOT
+from splitpin.errors import ConfigError
+from splitpin.schemas.governance import ClassifierConfig, RoutingConfig, load_governance
 
 GOVERNANCE = load_governance(REPO_ROOT / "config" / "governance.yaml")
 

@@ -12,11 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from schemas.governance import ClassifierConfig, RoutingConfig
-from splitpin.errors import ConfigError
-from splitpin.router import embedder as embedder_module
-from splitpin.router.classifier import Classifier
-from splitpin.router.embedder import (
+from splitpin.core.router import embedder as embedder_module
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.router.embedder import (
     EMBEDDING_DIM,
     MODEL_PACKAGE,
     MODEL_RESOURCE,
@@ -26,6 +24,8 @@ from splitpin.router.embedder import (
     Embedder,
     read_verified,
 )
+from splitpin.errors import ConfigError
+from splitpin.schemas.governance import ClassifierConfig, RoutingConfig
 
 TEXTS = [
     "hi",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitpin.router.cli import router_app
-from splitpin.router.evaluate import (
+from splitpin.app.router_cli import router_app
+from splitpin.core.router.evaluate import (
     LabelledFileError,
     accuracy,
     macro_f1,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitpin.router.heads import (
+from splitpin.core.router.heads import (
     LinearHead,
     TextFeaturizer,
     char_ngrams,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from splitpin.router import rules
-from splitpin.router.heads import normalize
+from splitpin.core.router import rules
+from splitpin.core.router.heads import normalize
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas.governance import ClassifierConfig, RoutingConfig
-from splitpin.router.classifier import Classifier
-from splitpin.router.train import stratified_split, train
+from splitpin.core.router.classifier import Classifier
+from splitpin.core.router.train import stratified_split, train
+from splitpin.schemas.governance import ClassifierConfig, RoutingConfig
 
 BANKING = {
     "lost_or_stolen_card": [

@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from schemas.events import ConversationEvent
-from schemas.wire import decode
-from splitpin import sample
-from splitpin.sample import (
+from splitpin.app import sample
+from splitpin.app.sample import (
     CHAT_SESSION_GAP,
     COMPLIANCE_INTENTS,
     HUGE_CONVERSATION_TOKENS,
@@ -29,8 +27,10 @@ from splitpin.sample import (
     build_sample,
     sample_stats,
 )
-from splitpin.settings import REPO_ROOT
-from splitpin.tokens import count_tokens
+from splitpin.core.settings import REPO_ROOT
+from splitpin.core.tokens import count_tokens
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.wire import decode
 
 SHIPPED = REPO_ROOT / "data" / "sample" / "events.jsonl"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -321,4 +321,4 @@ def test_shipped_sample_meets_the_requirements(shipped: list[ConversationEvent])
 def test_shipped_sample_is_what_the_builder_produces(tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     build_sample(SHARED_DATA, out)
-    assert out.read_bytes() == SHIPPED.read_bytes(), "run `python -m splitpin.sample`"
+    assert out.read_bytes() == SHIPPED.read_bytes(), "run `python -m splitpin.app.sample`"

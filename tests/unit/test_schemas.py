@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import ConversationEvent, DeadLetter, decode, encode
-from schemas.export import EXPORTED, SCHEMA_DIR, render_json_schemas
-from schemas.wire import RFC3339_PATTERN, VISIBLE_PATTERN, WireModel, has_visible
+from splitpin.schemas import ConversationEvent, DeadLetter, decode, encode
+from splitpin.schemas.export import EXPORTED, SCHEMA_DIR, render_json_schemas
+from splitpin.schemas.wire import RFC3339_PATTERN, VISIBLE_PATTERN, WireModel, has_visible
 from tests.factories import event_dict
 
 

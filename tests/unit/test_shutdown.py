@@ -6,8 +6,8 @@ import signal
 import threading
 import time
 
-from flows.sink import WriteGate
-from splitpin.runner import ShutdownWatcher
+from splitpin.app.runner import ShutdownWatcher
+from splitpin.flows.sink import WriteGate
 
 
 def test_close_waits_for_the_batch_in_progress_and_holds_back_the_next() -> None:

@@ -20,21 +20,21 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from operators.answering import AnswerPolicy, CallOutcome, CallSpec, Dispatch
-from operators.conversation_state import ConversationState
-from operators.cost_windows import (
+from splitpin.operators.answering import AnswerPolicy, CallOutcome, CallSpec, Dispatch
+from splitpin.operators.conversation_state import ConversationState
+from splitpin.operators.cost_windows import (
     WINDOW_ALIGN,
     CostWindow,
     CountedWindows,
     WindowItem,
     windowable,
 )
-from operators.model_calls import CallFailed
-from operators.routing import Router
-from providers.base import Message, ModelResult, SourceDoc, Usage
-from schemas.events import ConversationEvent
-from schemas.metrics import CostRecord
-from schemas.replies import Citation, Reply
+from splitpin.operators.model_calls import CallFailed
+from splitpin.operators.routing import Router
+from splitpin.providers.base import Message, ModelResult, SourceDoc, Usage
+from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Citation, Reply
 from tests.factories import decision, event_dict
 from tests.routing_helpers import SHIPPED, classification
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from splitpin import tokens
+from splitpin.core import tokens
 from splitpin.errors import ConfigError
 
 

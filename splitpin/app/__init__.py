@@ -1,0 +1,1 @@
+"""Floor 6: the CLI, demo, replay, reports and the flow runner."""

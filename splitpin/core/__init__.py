@@ -1,0 +1,1 @@
+"""Floor 2: settings, errors of the Kafka layer, tokens, metrics, the router's model."""

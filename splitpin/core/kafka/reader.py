@@ -1,0 +1,51 @@
+"""Read a topic from the beginning to its current end (high watermarks), then stop."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+
+from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
+from splitpin.errors import BrokerError
+
+
+def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list[Message]:
+    """Every record now in `topic`, in per-partition order; raises if the end is not reached."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "logger": LIBRDKAFKA_LOGGER,
+            "group.id": f"splitpin-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        remaining = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        records: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                msg = f"timed out reading {topic}: partitions {sorted(remaining)} not at their end"
+                raise BrokerError(msg)
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is not None:
+                    continue
+                records.append(message)
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                    remaining.discard(partition)
+        return records
+    except KafkaException as exc:
+        msg = f"cannot read {topic}: {exc}"
+        raise BrokerError(msg) from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,162 @@
+"""Prometheus metrics: one module so names, labels and buckets are defined once.
+
+Names end in `_total` / `_seconds`; labels are bounded sets (reason codes, roles,
+channels, topics): never a conversation, tenant-user or event id.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from splitpin.schemas.metrics import CostRecord
+
+# Buckets resolve the 15 ms decision budget finely and still show slow outliers.
+DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
+# Model calls and replies take from milliseconds (local fleet) to tens of seconds (remote).
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+EVENTS_INGESTED = Counter(
+    "splitpin_events_ingested_total", "Valid conversation events accepted.", ["channel"]
+)
+DEAD_LETTERS = Counter(
+    "splitpin_dead_letters_total", "Input records sent to the dead-letter topic.", ["reason"]
+)
+DUPLICATE_EVENTS = Counter(
+    "splitpin_duplicate_events_total", "Events whose event_id was already processed."
+)
+SESSIONS_STARTED = Counter(
+    "splitpin_sessions_started_total", "Conversation sessions opened.", ["channel"]
+)
+CONVERSATIONS_EVICTED = Counter(
+    "splitpin_conversations_evicted_total", "Idle conversation states dropped from memory."
+)
+ROUTING_DECISIONS = Counter(
+    "splitpin_routing_decisions_total", "Routing decisions emitted.", ["role", "tier"]
+)
+DECISION_SECONDS = Histogram(
+    "splitpin_decision_seconds",
+    "Router overhead per event: state update + routing, excluding any model call.",
+    buckets=DECISION_BUCKETS,
+)
+CACHE_HITS = Counter(
+    "splitpin_cache_hits_total", "Repeated questions whose earlier decision was reused."
+)
+OVERFLOWS_PREVENTED = Counter(
+    "splitpin_context_overflows_prevented_total",
+    "Requests refused before dispatch because no role's window could hold them.",
+)
+VALIDATION_FAILURES = Counter(
+    "splitpin_validation_failures_total", "Records written to the failures topic.", ["error"]
+)
+BUDGET_VERDICTS = Counter("splitpin_budget_verdicts_total", "Budget gate outcomes.", ["action"])
+BUDGET_REMAINING = Gauge(
+    "splitpin_budget_remaining_usd",
+    "Budget left in the tenant's current window, within [0, limit]. tenant: a configured "
+    "tenant id, or `other` for every unknown one (a bounded label set; never a user id).",
+    ["tenant"],
+)
+BUDGET_RECONCILED = Counter(
+    "splitpin_budget_reconciled_total", "Usage reports applied to tenant budgets."
+)
+SINK_RECORDS = Counter(
+    "splitpin_sink_records_total", "Records acknowledged by Kafka, by topic.", ["topic"]
+)
+SINK_FLUSH_SECONDS = Histogram(
+    "splitpin_sink_flush_seconds", "Time to get a batch acknowledged.", buckets=FLUSH_BUCKETS
+)
+
+MODEL_CALLS = Counter(
+    "splitpin_model_calls_total", "Model calls that returned a result.", ["role", "model"]
+)
+MODEL_CALL_SECONDS = Histogram(
+    "splitpin_model_call_seconds",
+    "Provider latency per call (emulated for the local fleet when emulation is on).",
+    ["role"],
+    buckets=CALL_BUCKETS,
+)
+MODEL_TOKENS = Counter(
+    "splitpin_model_tokens_total", "Tokens billed, by model and direction.", ["model", "direction"]
+)
+MODEL_COST = Counter("splitpin_model_cost_usd_total", "Cost of model calls in USD.", ["model"])
+REPLY_SECONDS = Histogram(
+    "splitpin_reply_seconds",
+    "From the routing decision to a reply's emission: time to preliminary and to final.",
+    ["kind", "route"],
+    buckets=CALL_BUCKETS,
+)
+ESCALATIONS = Counter(
+    "splitpin_escalations_total",
+    "Answers handed to a stronger role.",
+    ["from_role", "to_role", "reason"],
+)
+CALLS_IN_FLIGHT = Gauge(
+    "splitpin_model_calls_in_flight", "Model calls holding an executor slot in this process."
+)
+CALLS_QUEUED = Gauge(
+    "splitpin_model_calls_queued",
+    "Model calls waiting for an executor slot in this process (the queue is unbounded).",
+)
+MODEL_CALL_FAILURES = Counter(
+    "splitpin_model_call_failures_total",
+    "Remote model calls that ended without a result (retries spent), by pinned model and "
+    "error type (a fixed set, splitpin.providers.resilience.ErrorType).",
+    ["model", "error_type"],
+)
+MODEL_CALL_RETRIES = Counter(
+    "splitpin_model_call_retries_total",
+    "Retries of a remote model call, by pinned model and the error type that caused them.",
+    ["model", "reason"],
+)
+BREAKER_STATE = Gauge(
+    "splitpin_model_breaker_state",
+    "Circuit breaker per pinned model: 0 closed, 1 half-open, 2 open.",
+    ["model"],
+)
+
+
+def observe_call(record: CostRecord) -> None:
+    """One model call's cost record into the call, token and cost counters."""
+    count(MODEL_CALLS, record.role, record.model)
+    MODEL_CALL_SECONDS.labels(record.role).observe(record.latency_ms / 1000)
+    count(MODEL_TOKENS, record.model, "in", amount=record.tokens_in)
+    count(MODEL_TOKENS, record.model, "out", amount=record.tokens_out)
+    count(MODEL_COST, record.model, amount=record.cost_usd)
+
+
+def observe_reply(kind: str, route: str, seconds: float) -> None:
+    REPLY_SECONDS.labels(kind, route).observe(seconds)
+
+
+@cache
+def _child(counter: Counter, labels: tuple[str, ...]) -> Counter:
+    return counter.labels(*labels)
+
+
+def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
+    """Increment a labelled counter; children are cached because `labels()` is per-event
+    hot-path work (label validation under a lock) and our label sets are small and fixed."""
+    _child(counter, labels).inc(amount)
+
+
+def serve(port: int) -> None:
+    """Expose the default registry (ours and Bytewax's own) on `port`; 0 disables it."""
+    if port:
+        start_http_server(port)
+
+
+LATE_COST_RECORDS = Counter(
+    "splitpin_cost_records_late_total",
+    "CostRecords that arrived after their window closed.",
+    ["model"],
+)
+PROCESSING_ERRORS = Counter(
+    "splitpin_processing_errors_total",
+    "Records a step's logic raised for (dead-lettered as processing_error, or the flow "
+    "stopped), by step and exception type.",
+    ["step", "error_type"],
+)

@@ -1,5 +1,0 @@
-"""The routing brain's in-process classifier: MiniLM (int8 ONNX) + linear heads + rules.
-
-`splitpin.router.classifier.Classifier` is what the flow calls; `splitpin.router.cli`
-holds `splitpin router train|eval`. Kept import-free so the CLI starts fast.
-"""
