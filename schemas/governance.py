@@ -422,6 +422,43 @@ class TenancyConfig(_Frozen):
     )
 
 
+class PromotionCriteria(_Frozen):
+    """What a canary's comparison must show before its config may replace the primary's
+    (`splitpin canary report` ends with a verdict against these)."""
+
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="Share of final replies citing the same sources."
+    )
+    max_p95_ratio: float = Field(
+        default=1.1, gt=0, description="Canary / primary time to final reply, p95, at most."
+    )
+    max_cost_ratio: float = Field(
+        default=1.0, gt=0, description="Canary / primary cost per conversation, at most."
+    )
+    compliance_regressions_allowed: int = Field(
+        default=0, ge=0, description="Compliance-route replies the canary gets worse, at most."
+    )
+
+
+class CanaryConfig(_Frozen):
+    """A candidate topology mirrored on live traffic: never reaches customers."""
+
+    sample_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of conversations mirrored, chosen by a hash of conversation_id "
+        "(every turn of a sampled conversation).",
+    )
+    shadow_budget_usd: float = Field(
+        default=5.0, gt=0, description="The canary's own spend limit per budget window."
+    )
+    topic_prefix: str = Field(
+        default="canary.", min_length=1, description="Prefix of every topic the canary writes."
+    )
+    promotion: PromotionCriteria = Field(default_factory=PromotionCriteria)
+
+
 class GovernanceConfig(_Frozen):
     schema_version: Literal[1] = 1
     require_version_pins: bool = True
@@ -437,6 +474,7 @@ class GovernanceConfig(_Frozen):
     replies: RepliesConfig = Field(default_factory=RepliesConfig)
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
 
     def known_tenants(self) -> frozenset[str]:
         return frozenset({*self.tenancy.tenants, *self.budgets.tenants, *self.knowledge.tenants})
