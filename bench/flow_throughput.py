@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from splitpin.app.replay import Pacer
 from splitpin.core.kafka.admin import broker_answers, create_topics, delete_topics
+from splitpin.core.kafka.client_config import client_config, security_config
 from splitpin.core.kafka.producer import CheckedProducer, producer_config
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import REPO_ROOT, Settings, load_settings
@@ -182,9 +183,9 @@ def _iso(moment: datetime) -> str:
 # -- Kafka plumbing --------------------------------------------------------------------
 
 
-def create_plain_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
+def create_plain_topics(settings: Settings, names: Sequence[str], partitions: int) -> None:
     """Baseline topics: same partition count as the flow's, and usable before we return."""
-    client = AdminClient({"bootstrap.servers": bootstrap})
+    client = AdminClient(client_config(settings))
     futures = client.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names],
         operation_timeout=30,
@@ -211,23 +212,24 @@ def create_plain_topics(bootstrap: str, names: Sequence[str], partitions: int) -
     raise BenchError(msg)
 
 
-def delete_run_topics(bootstrap: str, prefix: str) -> list[str]:
+def delete_run_topics(settings: Settings, prefix: str) -> list[str]:
     """Delete every topic of this run, so repeated runs do not fill the broker's disk."""
+    config = client_config(settings)
     names = [
         str(name)
-        for name in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+        for name in AdminClient(config).list_topics(timeout=30).topics
         if str(name).startswith(prefix)
     ]
-    delete_topics(bootstrap, names)
+    delete_topics(settings.bootstrap_servers, names, config=config)
     return names
 
 
 class TopicCounter:
     """Records in a topic, from its high watermarks: cheap enough to poll for progress."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"bench-counter-{uuid.uuid4()}"}
+            {**client_config(settings), "group.id": f"bench-counter-{uuid.uuid4()}"}
         )
         self._partitions: dict[str, list[int]] = {}
         self._lock = threading.Lock()  # librdkafka handles are thread-safe; our cache is not
@@ -277,7 +279,9 @@ class TopicCounter:
 def preload(settings: Settings, events: Sequence[BenchEvent], topics: Sequence[str]) -> None:
     """Produce every event to every topic (acknowledged) before anything is timed."""
     producer = CheckedProducer(
-        settings.bootstrap_servers, delivery_timeout_ms=settings.delivery_timeout_ms
+        settings.bootstrap_servers,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        **security_config(settings.kafka),
     )
     total = len(events) * len(topics)
     with tqdm(total=total, unit="ev", desc="preload", leave=False) as bar:
@@ -307,13 +311,15 @@ def relay(
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **client_config(settings),
             "group.id": f"bench-baseline-{uuid.uuid4()}",
             "enable.auto.commit": False,
         }
     )
     producer = CheckedProducer(
-        settings.bootstrap_servers, delivery_timeout_ms=settings.delivery_timeout_ms
+        settings.bootstrap_servers,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        **security_config(settings.kafka),
     )
     relayed = 0
     try:
@@ -451,10 +457,11 @@ class OutputStats:
         return (self.records - 1) / span_s if span_s > 0 else None
 
 
-def event_ids_and_times(bootstrap: str, topic: str) -> list[tuple[str, int]]:
+def event_ids_and_times(settings: Settings, topic: str) -> list[tuple[str, int]]:
     """(event_id, CreateTime ms) of every record; decisions and events both carry event_id."""
     out = []
-    for message in read_to_end(bootstrap, topic, timeout_s=STALL_TIMEOUT_S):
+    bootstrap, config = settings.bootstrap_servers, client_config(settings)
+    for message in read_to_end(bootstrap, topic, timeout_s=STALL_TIMEOUT_S, config=config):
         kind, stamp = message.timestamp()
         if kind != TIMESTAMP_CREATE_TIME:
             msg = f"{topic} records carry timestamp type {kind}, not CreateTime"
@@ -464,10 +471,10 @@ def event_ids_and_times(bootstrap: str, topic: str) -> list[tuple[str, int]]:
 
 
 def check_output(
-    bootstrap: str, topic: str, expected: Sequence[BenchEvent], what: str
+    settings: Settings, topic: str, expected: Sequence[BenchEvent], what: str
 ) -> OutputStats:
     """Exactly one output per input event, or a BenchError saying what is missing."""
-    records = event_ids_and_times(bootstrap, topic)
+    records = event_ids_and_times(settings, topic)
     got = [event_id for event_id, _ in records]
     wanted = {event.event_id for event in expected}
     missing = wanted - set(got)
@@ -530,7 +537,7 @@ def run_throughput_repeat(plan: ThroughputPlan, index: int, counter: TopicCounte
     flow_settings = repeat_settings(plan.settings, label, plan.workdir)
     create_topics(flow_settings, partitions=EVENT_PARTITIONS)
     baseline_out = f"{plan.baseline_in}.out.{label}"
-    create_plain_topics(flow_settings.bootstrap_servers, [baseline_out], EVENT_PARTITIONS)
+    create_plain_topics(flow_settings, [baseline_out], EVENT_PARTITIONS)
     empty_settings = plan.empty.model_copy(
         update={"recovery_dir": plan.workdir / f"recovery-empty-{label}"}
     )
@@ -553,9 +560,10 @@ def run_throughput_repeat(plan: ThroughputPlan, index: int, counter: TopicCounte
     if dead:
         msg = f"the flow dead-lettered {dead} of {n} bench events; they must all be valid"
         raise BenchError(msg)
-    bootstrap = flow_settings.bootstrap_servers
-    flow_out = check_output(bootstrap, flow_settings.topic("decisions"), plan.events, "the flow")
-    base_out = check_output(bootstrap, baseline_out, plan.events, "the baseline")
+    flow_out = check_output(
+        flow_settings, flow_settings.topic("decisions"), plan.events, "the flow"
+    )
+    base_out = check_output(flow_settings, baseline_out, plan.events, "the baseline")
     return ThroughputRun(
         order=",".join(order),
         baseline=timings["baseline"],
@@ -617,10 +625,10 @@ def run_throughput(
     create_topics(flow_settings, partitions=EVENT_PARTITIONS)
     create_topics(empty_settings, partitions=EVENT_PARTITIONS)
     baseline_in = f"{flow_settings.topic_prefix}baseline.in"
-    create_plain_topics(settings.bootstrap_servers, [baseline_in], EVENT_PARTITIONS)
+    create_plain_topics(settings, [baseline_in], EVENT_PARTITIONS)
     preload(flow_settings, events, [flow_settings.topic("events"), baseline_in])
     plan = ThroughputPlan(flow_settings, empty_settings, baseline_in, events, workdir)
-    counter = TopicCounter(settings.bootstrap_servers)
+    counter = TopicCounter(settings)
     try:
         runs = [run_throughput_repeat(plan, i, counter) for i in range(args.repeats)]
     finally:
@@ -705,10 +713,10 @@ def publish_paced(
     return len(events) / elapsed if elapsed > 0 else math.inf
 
 
-def latencies_ms(bootstrap: str, source: str, output: str, wanted: set[str]) -> list[int]:
+def latencies_ms(settings: Settings, source: str, output: str, wanted: set[str]) -> list[int]:
     """Output CreateTime minus input CreateTime for each wanted event_id present in both."""
-    sent = {eid: stamp for eid, stamp in event_ids_and_times(bootstrap, source) if eid in wanted}
-    out = {eid: stamp for eid, stamp in event_ids_and_times(bootstrap, output) if eid in wanted}
+    sent = {eid: stamp for eid, stamp in event_ids_and_times(settings, source) if eid in wanted}
+    out = {eid: stamp for eid, stamp in event_ids_and_times(settings, output) if eid in wanted}
     missing = wanted - (sent.keys() & out.keys())
     if missing:
         msg = f"{len(missing)} of {len(wanted)} events have no record in {source} or {output}"
@@ -738,7 +746,7 @@ def run_latency(
     )
     create_topics(lat, partitions=EVENT_PARTITIONS)
     baseline_in, baseline_out = f"{lat.topic_prefix}baseline.in", f"{lat.topic_prefix}baseline.out"
-    create_plain_topics(lat.bootstrap_servers, [baseline_in, baseline_out], EVENT_PARTITIONS)
+    create_plain_topics(lat, [baseline_in, baseline_out], EVENT_PARTITIONS)
     inputs, outputs = [lat.topic("events"), baseline_in], [lat.topic("decisions"), baseline_out]
     warmup = replicate(templates, WARMUP_EVENTS, "warm")
     events = replicate(templates, args.latency_events, "lat")
@@ -747,8 +755,12 @@ def run_latency(
     process = start_flow(lat, log)
     baseline = BaselineThread(lat, baseline_in, baseline_out)
     baseline.start()
-    counter = TopicCounter(lat.bootstrap_servers)
-    publisher = CheckedProducer(lat.bootstrap_servers, delivery_timeout_ms=lat.delivery_timeout_ms)
+    counter = TopicCounter(lat)
+    publisher = CheckedProducer(
+        lat.bootstrap_servers,
+        delivery_timeout_ms=lat.delivery_timeout_ms,
+        **security_config(lat.kafka),
+    )
     flush_s = lat.sink_flush_timeout_s
 
     def flow_alive() -> None:
@@ -770,8 +782,8 @@ def run_latency(
         baseline.stop()
 
     wanted = {event.event_id for event in events}
-    flow_ms = latencies_ms(lat.bootstrap_servers, inputs[0], outputs[0], wanted)
-    base_ms = latencies_ms(lat.bootstrap_servers, inputs[1], outputs[1], wanted)
+    flow_ms = latencies_ms(lat, inputs[0], outputs[0], wanted)
+    base_ms = latencies_ms(lat, inputs[1], outputs[1], wanted)
     flow, base = percentiles(flow_ms), percentiles(base_ms)
     return LatencySummary(
         rate_target=args.rate,
@@ -792,13 +804,14 @@ def run_latency(
 def kafka_broker(settings: Settings) -> Iterator[tuple[Settings, str]]:
     """The configured broker, else a LocalBroker started (and later stopped) by the bench."""
     bootstrap = settings.bootstrap_servers
+    config = client_config(settings)
     if any(os.environ.get(name) for name in BOOTSTRAP_ENV):
-        if not broker_answers(bootstrap, timeout_s=10):
+        if not broker_answers(bootstrap, timeout_s=10, config=config):
             msg = f"no Kafka broker answers at {bootstrap} (from {'/'.join(BOOTSTRAP_ENV)})"
             raise BenchError(msg)
         yield settings, f"{bootstrap} (from the environment)"
         return
-    if broker_answers(bootstrap):
+    if broker_answers(bootstrap, config=config):
         yield settings, f"{bootstrap} (already running)"
         return
     # Imported here: only this path needs the broker module (and a JVM behind it).
@@ -832,7 +845,9 @@ def machine() -> dict[str, Any]:
 def header(
     args: argparse.Namespace, info: dict[str, Any], broker: str, settings: Settings, source: str
 ) -> str:
-    producer = producer_config(settings.bootstrap_servers, settings.delivery_timeout_ms)
+    producer = producer_config(
+        settings.bootstrap_servers, settings.delivery_timeout_ms, **security_config(settings.kafka)
+    )
     return "\n".join(
         [
             "splitpin flow benchmark: Kafka -> flow -> Kafka vs a plain consume->produce loop",
@@ -978,7 +993,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"flow logs kept in {workdir}", file=sys.stderr)
             raise
         finally:
-            deleted = delete_run_topics(settings.bootstrap_servers, prefix)
+            deleted = delete_run_topics(settings, prefix)
             print(f"deleted {len(deleted)} bench topics ({prefix}*)", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
     print()

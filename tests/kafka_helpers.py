@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -44,16 +44,23 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def read_until(
-    bootstrap: str, topic: str, done: Callable[[list[Message]], bool], timeout_s: float
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Message]], bool],
+    timeout_s: float,
+    *,
+    config: Mapping[str, Any] | None = None,
 ) -> list[Message]:
     """Read `topic` from the beginning until `done(records)` holds or the time runs out.
 
     Uses a throwaway consumer group and explicit assignment of every partition, so no
     group rebalance delays the read and no committed offset leaks into other tests.
-    Returns what it got; the caller asserts on the count and contents.
+    Returns what it got; the caller asserts on the count and contents. `config` takes
+    `client_config(settings)` (security keys) for a secured broker.
     """
     consumer = Consumer(
         {
+            **(config or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"test-read-{uuid.uuid4().hex}",
             "enable.auto.commit": False,

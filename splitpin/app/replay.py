@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
+from splitpin.core.kafka.client_config import security_config
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.settings import Settings
 from splitpin.errors import ConfigError
@@ -187,7 +188,9 @@ def replay_file(
     target = topic or settings.topic("events")
     pacer = Pacer(rate) if rate is not None else None
     producer = CheckedProducer(
-        settings.bootstrap_servers, delivery_timeout_ms=settings.delivery_timeout_ms
+        settings.bootstrap_servers,
+        delivery_timeout_ms=settings.delivery_timeout_ms,
+        **security_config(settings.kafka),
     )
     offset = None if restamp_to is None else restamp_offset(path, restamp_to)
     keyed = unkeyed = blank = 0

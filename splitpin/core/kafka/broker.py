@@ -53,15 +53,35 @@ def render_server_properties(settings: BrokerSettings, data_dir: Path) -> str:
     """
     broker = host_port(settings.host, settings.port)
     controller = host_port(settings.host, settings.controller_port)
+    listeners = [f"PLAINTEXT://{broker}", f"CONTROLLER://{controller}"]
+    advertised = [f"PLAINTEXT://{broker}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    sasl: dict[str, str] = {}
+    if settings.sasl_port is not None:
+        # A SASL_PLAINTEXT listener (PLAIN) for clients; the controller and inter-broker
+        # traffic stay on PLAINTEXT, which a one-node local broker does not need to secure.
+        sasl_address = host_port(settings.host, settings.sasl_port)
+        listeners.append(f"SASL_PLAINTEXT://{sasl_address}")
+        advertised.append(f"SASL_PLAINTEXT://{sasl_address}")
+        protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+        users = " ".join(f'user_{name}="{pw}"' for name, pw in settings.sasl_users.items())
+        sasl = {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            ),
+        }
     props = {
         "process.roles": "broker,controller",
         "node.id": str(_NODE_ID),
         "controller.quorum.voters": f"{_NODE_ID}@{controller}",
-        "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
-        "advertised.listeners": f"PLAINTEXT://{broker}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "inter.broker.listener.name": "PLAINTEXT",
+        **sasl,
         "log.dirs": data_dir.as_posix(),
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",
@@ -252,6 +272,16 @@ class LocalBroker:
         return host_port(self.settings.host, self.settings.port)
 
     @property
+    def sasl_bootstrap(self) -> str | None:
+        """`host:port` of the SASL_PLAINTEXT listener, when one is configured."""
+        port = self.settings.sasl_port
+        return None if port is None else host_port(self.settings.host, port)
+
+    def _where(self) -> str:
+        sasl = self.sasl_bootstrap
+        return self.bootstrap + (f" (SASL_PLAINTEXT/PLAIN at {sasl})" if sasl else "")
+
+    @property
     def libs_dir(self) -> Path:
         return self.settings.jar_cache_dir / self.settings.kafka_version / "libs"
 
@@ -299,7 +329,7 @@ class LocalBroker:
                 if not broker_answers(self.bootstrap):
                     self._wait_ready(pid, kill_on_failure=False)
                 return (
-                    f"broker already running (pid {pid}) at {self.bootstrap}; "
+                    f"broker already running (pid {pid}) at {self._where()}; "
                     f"log: {paths.server_log}"
                 )
             paths.pid_file.unlink(missing_ok=True)
@@ -328,7 +358,7 @@ class LocalBroker:
             )
             paths.pid_file.write_text(f"{pid}\n")
             self._wait_ready(pid, kill_on_failure=True)
-        return f"broker started (pid {pid}) at {self.bootstrap}; log: {paths.server_log}"
+        return f"broker started (pid {pid}) at {self._where()}; log: {paths.server_log}"
 
     def stop(self) -> str:
         """SIGTERM (Kafka shuts down cleanly), SIGKILL after a grace period; idempotent."""
@@ -477,15 +507,16 @@ class LocalBroker:
         return b"kafka.Kafka" in args and str(self.paths.server_properties).encode() in args
 
     def _check_ports_free(self) -> None:
-        for name, port in (
-            ("broker", self.settings.port),
-            ("controller", self.settings.controller_port),
-        ):
+        ports = [("broker", self.settings.port), ("controller", self.settings.controller_port)]
+        if self.settings.sasl_port is not None:
+            ports.append(("SASL", self.settings.sasl_port))
+        for name, port in ports:
             if _port_in_use(self.settings.host, port):
                 msg = (
                     f"{name} port {self.settings.host}:{port} is already in use by another "
                     f"process (no broker from {self.paths.state_dir} is running); choose free "
-                    f"ports with SPLITPIN_BROKER__PORT / SPLITPIN_BROKER__CONTROLLER_PORT"
+                    f"ports with SPLITPIN_BROKER__PORT / SPLITPIN_BROKER__CONTROLLER_PORT / "
+                    "SPLITPIN_BROKER__SASL_PORT"
                 )
                 raise BrokerError(msg)
 

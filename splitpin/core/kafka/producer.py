@@ -4,7 +4,9 @@ librdkafka reports delivery asynchronously; a plain `produce()` + `flush()` igno
 failures and can wait forever. This wrapper uses the idempotent producer with
 `acks=all`, records every delivery report, bounds the flush, and raises DeliveryError
 if anything was not acknowledged, so the caller (the Bytewax sink, replay) fails loudly
-and retries from its last snapshot or checkpoint.
+and retries from its last snapshot or checkpoint. A refused login (wrong SASL password)
+would otherwise only show as records expiring after `delivery.timeout.ms`; the flush
+raises as soon as librdkafka reports it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from splitpin.core.kafka.client_config import AuthWatch, auth_failure
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.errors import DeliveryError
 
@@ -22,9 +25,11 @@ from splitpin.errors import DeliveryError
 def producer_config(
     bootstrap_servers: str, delivery_timeout_ms: int, **extra: Any
 ) -> dict[str, Any]:
-    """The one producer configuration splitpin uses everywhere."""
+    """The one producer configuration splitpin uses everywhere.
+
+    `extra` (security keys from `client_config(settings)`, overrides) is applied last.
+    """
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
         "logger": LIBRDKAFKA_LOGGER,
         "enable.idempotence": True,  # implies acks=all, bounded in-flight, no reordering on retry
         "acks": "all",
@@ -33,6 +38,7 @@ def producer_config(
         "delivery.timeout.ms": delivery_timeout_ms,
     }
     config.update(extra)
+    config["bootstrap.servers"] = bootstrap_servers
     return config
 
 
@@ -53,12 +59,21 @@ class _DeliveryLedger:
 
 
 class CheckedProducer:
-    """`produce` many records, then `flush` raises unless every one was acknowledged."""
+    """`produce` many records, then `flush` raises unless every one was acknowledged.
+
+    `extra` takes `client_config(settings)` (security keys) and any producer override.
+    """
 
     def __init__(
         self, bootstrap_servers: str, *, delivery_timeout_ms: int = 30_000, **extra: Any
     ) -> None:
-        self._producer = Producer(producer_config(bootstrap_servers, delivery_timeout_ms, **extra))
+        self._bootstrap_servers = bootstrap_servers
+        self._auth = AuthWatch()
+        self._producer = Producer(
+            producer_config(
+                bootstrap_servers, delivery_timeout_ms, **{"error_cb": self._auth, **extra}
+            )
+        )
         self._ledger = _DeliveryLedger()
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None) -> None:
@@ -87,6 +102,8 @@ class CheckedProducer:
         deadline = time.monotonic() + timeout_s
         while self._ledger.pending > 0 and time.monotonic() < deadline:
             self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+            if self._auth.error is not None:
+                raise DeliveryError(auth_failure(self._bootstrap_servers, self._auth.error))
         ledger, self._ledger = self._ledger, _DeliveryLedger(pending=self._ledger.pending)
         if ledger.failures:
             shown = "; ".join(ledger.failures[:5])

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from splitpin.core.kafka.client_config import AuthWatch, auth_failure
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.errors import BrokerError
 
 
-def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list[Message]:
-    """Every record now in `topic`, in per-partition order; raises if the end is not reached."""
+def read_to_end(
+    bootstrap_servers: str,
+    topic: str,
+    timeout_s: float = 60.0,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> list[Message]:
+    """Every record now in `topic`, in per-partition order; raises if the end is not reached.
+
+    `config` takes `client_config(settings)` (security keys).
+    """
+    watch = AuthWatch()
     consumer = Consumer(
         {
+            **(config or {}),
+            "error_cb": watch,
             "bootstrap.servers": bootstrap_servers,
             "logger": LIBRDKAFKA_LOGGER,
             "group.id": f"splitpin-reader-{uuid.uuid4()}",
@@ -45,6 +60,9 @@ def read_to_end(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> 
                     remaining.discard(partition)
         return records
     except KafkaException as exc:
+        consumer.poll(0)  # serves error_cb: a refused login shows only there
+        if watch.error is not None:
+            raise BrokerError(auth_failure(bootstrap_servers, watch.error)) from None
         msg = f"cannot read {topic}: {exc}"
         raise BrokerError(msg) from exc
     finally:
