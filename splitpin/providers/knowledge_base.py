@@ -1,20 +1,28 @@
 """The embedded knowledge bases and the retriever that attaches their articles to requests.
 
-Each knowledge base is one JSON-lines file shipped as package data (`splitpin/providers/kb/<name>.jsonl`),
-one article per line. Files are validated at load (a bad line is a ConfigError naming
-file:line) because a silently skipped article would make answers wrong, not fail.
+Each knowledge base is one JSON-lines file, one article per line (format in
+docs/knowledge_bases.md): the shipped ones are package data (`splitpin/providers/kb/`), a
+tenant's own are named under `knowledge.bases` in the governance config. Files are
+validated at load (a bad line is a ConfigError naming file:line) because a silently
+skipped article would make answers wrong, not fail.
 
-Article embeddings (MiniLM, title + answer) are computed once at load; retrieval is then a
-matrix-vector product. Ranking is deterministic: scores are rounded before sorting and ties
-go to the lower doc number, so a replay attaches the same sources in the same order.
+Article embeddings (MiniLM, title + text) are computed once per file content and embedder
+and cached on disk (EmbeddingCache); retrieval is then a matrix-vector product. Ranking is
+deterministic: scores are rounded before sorting and ties go to the lower doc number, so a
+replay attaches the same sources in the same order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
+import logging
 import math
+import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +32,23 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from splitpin.core.router.embedder import EMBEDDING_DIM, Embedder
+from splitpin.core.router.embedder import EMBEDDING_DIM, Embedder, EmbedderInfo
 from splitpin.errors import ConfigError, describe_validation_error
 from splitpin.providers.base import SourceDoc
+from splitpin.schemas.governance import SHIPPED_KBS, KnowledgeConfig
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
 KB_PACKAGE = "splitpin.providers"
 KB_DIR = "kb"
-DEFAULT_KBS: tuple[str, ...] = ("banking77", "abcd", "smalltalk")
+DEFAULT_KBS: tuple[str, ...] = SHIPPED_KBS
+DOC_ID_PATTERN = r"^InternalDoc-\d+$"
+"""Every KB's ids: the one form prompts ask models to cite and prompting.py parses and
+neutralises. Tenants tell their bases apart by number range, not prefix."""
+EMBEDDING_RECIPE = "title. text; v1"
+"""Part of the embedding cache key: change it when `Article.embedding_text` changes."""
 SMALL_TALK_KB = "smalltalk"
 """Greetings, thanks and the like: what the fleet answers from when no source is attached."""
 RANK_DECIMALS = 6
@@ -71,18 +87,49 @@ def content_words(text: str) -> frozenset[str]:
     return frozenset(words)
 
 
-class Article(BaseModel):
-    """One knowledge-base article, exactly as a line of the JSON-lines file."""
+class ArticleLine(BaseModel):
+    """One line of a knowledge-base file, exactly as written (docs/knowledge_bases.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    doc_id: str = Field(pattern=r"^InternalDoc-\d+$")
+    id: str = Field(pattern=DOC_ID_PATTERN, description="InternalDoc-<N>, unique in the file.")
+    title: str = Field(min_length=1)
+    text: str = Field(min_length=1, description="The answer a reply may quote.")
+    intent: str | None = Field(
+        default=None, min_length=1, description="Optional label, unique in the file."
+    )
+    compliance: bool = Field(
+        default=False, strict=True, description="true/false only: 'yes' is not coerced."
+    )
+    policy_notes: tuple[str, ...] = ()
+
+
+class Article(BaseModel):
+    """One loaded knowledge-base article: a file line plus the base it belongs to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    doc_id: str = Field(pattern=DOC_ID_PATTERN)
     kb: str = Field(min_length=1)
-    intent: str = Field(min_length=1, description="banking77 label, or '<flow> / <subflow>'.")
+    intent: str | None = Field(
+        default=None, min_length=1, description="banking77 label, '<flow> / <subflow>', ..."
+    )
     title: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     policy_notes: tuple[str, ...] = ()
     compliance: bool = False
+
+    @classmethod
+    def from_line(cls, line: ArticleLine, kb: str) -> Article:
+        return cls(
+            doc_id=line.id,
+            kb=kb,
+            intent=line.intent,
+            title=line.title,
+            answer=line.text,
+            policy_notes=line.policy_notes,
+            compliance=line.compliance,
+        )
 
     @property
     def source(self) -> str:
@@ -103,7 +150,7 @@ class Article(BaseModel):
     @property
     def lexical_text(self) -> str:
         """Words for lexical overlap: the intent's name is a concise description too."""
-        return f"{self.intent} {self.title} {self.answer}"
+        return f"{self.intent or ''} {self.title} {self.answer}"
 
     def as_source(self, score: float) -> SourceDoc:
         return SourceDoc(
@@ -131,20 +178,19 @@ def parse_articles(lines: Iterable[str], origin: str, kb_name: str) -> tuple[Art
             msg = f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
             raise ConfigError(msg) from exc
         try:
-            article = Article.model_validate(raw)
+            article = Article.from_line(ArticleLine.model_validate(raw), kb_name)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(where, exc)) from exc
-        if article.kb != kb_name:
-            msg = f"{where}: kb is {article.kb!r}, this file is knowledge base {kb_name!r}"
-            raise ConfigError(msg)
         if article.doc_id in seen_ids:
-            msg = f"{where}: doc_id {article.doc_id} repeats line {seen_ids[article.doc_id]}"
+            msg = f"{where}: id {article.doc_id} repeats line {seen_ids[article.doc_id]}"
             raise ConfigError(msg)
-        if article.intent in seen_intents:
-            msg = f"{where}: intent {article.intent!r} repeats line {seen_intents[article.intent]}"
-            raise ConfigError(msg)
+        if article.intent is not None:
+            if article.intent in seen_intents:
+                first = seen_intents[article.intent]
+                msg = f"{where}: intent {article.intent!r} repeats line {first}"
+                raise ConfigError(msg)
+            seen_intents[article.intent] = lineno
         seen_ids[article.doc_id] = lineno
-        seen_intents[article.intent] = lineno
         articles.append(article)
     if not articles:
         msg = f"{origin}: no articles"
@@ -177,18 +223,28 @@ class KnowledgeBase:
             self, "idf", {w: math.log((1 + n) / (1 + c)) + 1.0 for w, c in sorted(df.items())}
         )
         object.__setattr__(self, "_by_id", {a.doc_id: i for i, a in enumerate(self.articles)})
-        object.__setattr__(self, "_by_intent", {a.intent: i for i, a in enumerate(self.articles)})
+        by_intent = {a.intent: i for i, a in enumerate(self.articles) if a.intent is not None}
+        object.__setattr__(self, "_by_intent", by_intent)
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes, origin: str, embedder: Embedder) -> KnowledgeBase:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            msg = f"{origin}: not UTF-8 ({exc})"
-            raise ConfigError(msg) from exc
-        articles = parse_articles(text.splitlines(), origin, name)
-        embeddings = embedder.embed([a.embedding_text for a in articles])
+    def from_bytes(
+        cls,
+        name: str,
+        data: bytes,
+        origin: str,
+        embedder: Embedder,
+        cache: EmbeddingCache | None = None,
+    ) -> KnowledgeBase:
+        """Parse and index one file; embeddings come from `cache` when it holds a sound
+        entry for these bytes and this embedder, else are computed (and stored)."""
+        articles = parse_bytes(data, origin, name)
         digest = hashlib.sha256(data).hexdigest()
+        key = None if cache is None else cache.key(digest, embedder.info)
+        embeddings = None if cache is None or key is None else cache.get(key, len(articles))
+        if embeddings is None:
+            embeddings = embedder.embed([a.embedding_text for a in articles])
+            if cache is not None and key is not None:
+                cache.put(key, embeddings)
         return cls(name=name, articles=articles, embeddings=embeddings, content_sha256=digest)
 
     def index_of(self, doc_id: str) -> int | None:
@@ -205,6 +261,102 @@ class KnowledgeBase:
     def idf_weight(self, word: str) -> float:
         """Unseen words weigh as much as the rarest: they count against coverage."""
         return self.idf.get(word, math.log(1 + len(self.articles)) + 1.0)
+
+
+def parse_bytes(data: bytes, origin: str, kb_name: str) -> tuple[Article, ...]:
+    """A whole file's bytes: UTF-8, then `parse_articles`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"{origin}: not UTF-8 ({exc})"
+        raise ConfigError(msg) from exc
+    return parse_articles(text.splitlines(), origin, kb_name)
+
+
+def default_cache_dir() -> Path:
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "splitpin" / "embeddings"
+    )
+
+
+class EmbeddingCache:
+    """Article embeddings on disk, keyed by the file's sha256 and the embedder's identity.
+
+    An entry is an .npz of the matrix, the sha256 of its bytes and its own key. It is used
+    only if it loads without pickle, names this key (not a file copied under another
+    name), has the expected shape and dtype, its bytes hash to the stored digest and its
+    rows are finite unit vectors; anything else counts as corrupt and is recomputed and
+    overwritten. (This guards against damage, not against someone who can write the
+    cache directory: that is the user's own.) Writes are atomic (temp file + rename) and a
+    cache that cannot be written only costs the next start-up the embedding time.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = default_cache_dir() if directory is None else directory
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+
+    @staticmethod
+    def key(content_sha256: str, info: EmbedderInfo) -> str:
+        identity = json.dumps(
+            {"content": content_sha256, "embedder": dataclasses.asdict(info)}, sort_keys=True
+        )
+        return hashlib.sha256(f"{identity}\n{EMBEDDING_RECIPE}".encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.npz"
+
+    def get(self, key: str, rows: int) -> FloatArray | None:
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            self.misses += 1
+            return None
+        except OSError as exc:
+            log.warning("embedding cache entry %s unreadable (%s): recomputing", path, exc)
+            self.corrupt += 1
+            return None
+        try:  # from memory: a failed parse leaves no file open
+            with np.load(io.BytesIO(raw), allow_pickle=False) as entry:  # zip CRCs checked
+                embeddings = np.asarray(entry["embeddings"])
+                digest = str(entry["sha256"])
+                stored_key = str(entry["key"])
+        except Exception as exc:  # numpy's header parser raises SyntaxError, TokenError, ...
+            log.warning("embedding cache entry %s unreadable (%s): recomputing", path, exc)
+            self.corrupt += 1
+            return None
+        if stored_key != key or not self._sound(embeddings, digest, rows):
+            log.warning("embedding cache entry %s does not check out: recomputing", path)
+            self.corrupt += 1
+            return None
+        self.hits += 1
+        return embeddings
+
+    @staticmethod
+    def _sound(embeddings: npt.NDArray[np.generic], digest: str, rows: int) -> bool:
+        if embeddings.dtype != np.float32 or embeddings.shape != (rows, EMBEDDING_DIM):
+            return False
+        if hashlib.sha256(embeddings.tobytes()).hexdigest() != digest:
+            return False
+        norms = np.linalg.norm(embeddings, axis=1)
+        return bool(np.all(np.isfinite(embeddings)) and np.allclose(norms, 1.0, atol=1e-3))
+
+    def put(self, key: str, embeddings: FloatArray) -> None:
+        matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+        digest = hashlib.sha256(matrix.tobytes()).hexdigest()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    np.savez(out, embeddings=matrix, sha256=np.array(digest), key=np.array(key))
+                Path(tmp).replace(self.path(key))
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot write embedding cache %s (%s): continuing", self.directory, exc)
 
 
 def rank(scores: Sequence[float], doc_ids: Sequence[str]) -> list[int]:
@@ -229,6 +381,24 @@ def _package_kb(name: str) -> tuple[bytes, str]:
         raise ConfigError(msg) from exc
 
 
+def _read_kb(path: Path) -> tuple[bytes, str]:
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        msg = f"cannot read knowledge base {path}: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def check_kb_files(knowledge: KnowledgeConfig) -> dict[str, int]:
+    """Parse every configured KB file without embedding it (`config validate`): the
+    article count per base, or ConfigError naming file:line."""
+    counts: dict[str, int] = {}
+    for name, path in knowledge.bases.items():
+        data, origin = _read_kb(path)
+        counts[name] = len(parse_bytes(data, origin, name))
+    return counts
+
+
 class KnowledgeBases(Mapping[str, KnowledgeBase]):
     """The loaded knowledge bases by name, with the embedder that indexed them."""
 
@@ -243,21 +413,39 @@ class KnowledgeBases(Mapping[str, KnowledgeBase]):
         names: Sequence[str] = DEFAULT_KBS,
         *,
         directory: Path | None = None,
+        files: Mapping[str, Path] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> KnowledgeBases:
-        """From package data, or `directory/<name>.jsonl` when given (tests, overrides)."""
+        """`names` from package data, or from `directory/<name>.jsonl` when given (tests),
+        then every `files` entry (a tenant's own bases); embeddings through `cache`."""
         bases: dict[str, KnowledgeBase] = {}
         for name in names:
             if directory is None:
                 data, origin = _package_kb(name)
             else:
-                path = directory / f"{name}.jsonl"
-                try:
-                    data, origin = path.read_bytes(), str(path)
-                except OSError as exc:
-                    msg = f"cannot read knowledge base {path}: {exc}"
-                    raise ConfigError(msg) from exc
-            bases[name] = KnowledgeBase.from_bytes(name, data, origin, embedder)
+                data, origin = _read_kb(directory / f"{name}.jsonl")
+            bases[name] = KnowledgeBase.from_bytes(name, data, origin, embedder, cache)
+        for name, path in (files or {}).items():
+            data, origin = _read_kb(path)
+            bases[name] = KnowledgeBase.from_bytes(name, data, origin, embedder, cache)
         return cls(embedder, bases)
+
+    @classmethod
+    def for_config(
+        cls, embedder: Embedder, knowledge: KnowledgeConfig, cache: EmbeddingCache | None = None
+    ) -> KnowledgeBases:
+        """The shipped bases and the config's own, embeddings cached under
+        $XDG_CACHE_HOME/splitpin/embeddings unless another cache is given."""
+        cache = EmbeddingCache() if cache is None else cache
+        bases = cls.load(embedder, files=knowledge.bases, cache=cache)
+        log.info(
+            "knowledge bases %s loaded (embedding cache: %d hits, %d misses, %d corrupt)",
+            ", ".join(bases),
+            cache.hits,
+            cache.misses,
+            cache.corrupt,
+        )
+        return bases
 
     def __getitem__(self, name: str) -> KnowledgeBase:
         try:

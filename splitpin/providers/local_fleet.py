@@ -242,9 +242,9 @@ class LocalFleet:
 
     @classmethod
     def load(cls, governance: GovernanceConfig) -> LocalFleet:
-        """The trained classifier, its embedder (shared) and the packaged knowledge bases."""
+        """The trained classifier, its embedder (shared) and the configured knowledge bases."""
         classifier = Classifier.load(governance.classifier, governance.routing)
-        bases = KnowledgeBases.load(classifier.embedder)
+        bases = KnowledgeBases.for_config(classifier.embedder, governance.knowledge)
         return cls(governance, bases, classifier.embedder, classifier)
 
     def provider(self, role_name: ModelRole, role_cfg: RoleConfig) -> Provider:
@@ -452,7 +452,9 @@ class Verifier(LocalResponder):
         makes the answer sure."""
         index = self.fleet.intent_index
         articles = [o.article for o in options.items]
-        head_cols = [None if a is None else index.get(a.intent) for a in articles]
+        head_cols = [
+            None if a is None or a.intent is None else index.get(a.intent) for a in articles
+        ]
         intents: npt.NDArray[np.float64] | None = None
         coverage: float | None = None
         if any(c is not None for c in head_cols):

@@ -1,4 +1,4 @@
-"""Build `splitpin/providers/kb/abcd.jsonl`, the embedded knowledge base for the ABCD (online store) tenant.
+"""Build `splitpin/providers/kb/abcd.jsonl`, the knowledge base of the ABCD (online store) tenant.
 
 Why this exists: the local model fleet answers shop customers by retrieving one article per
 ABCD subflow and citing it as `InternalDoc-N`. ABCD ships agent guidelines (button-by-button
@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import NamedTuple, TypedDict
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = HERE.parents[2]
 DEFAULT_GUIDELINES = REPO_ROOT.parent / "shared" / "data" / "abcd" / "guidelines.json"
 DEFAULT_OUT = HERE / "abcd.jsonl"
 FIRST_DOC_NUMBER = 201
-KB_NAME = "abcd"
 
 # Guideline buttons that look up who the customer is; their subtext lists the data asked for.
 IDENTITY_BUTTONS = ("Verify Identity", "Validate Purchase")
@@ -639,14 +638,13 @@ def build(guidelines: dict[str, Flow]) -> list[dict[str, object]]:
             notes.append(ident)
         notes.append(copy.note)
         articles.append(
-            {
-                "doc_id": doc_id,
-                "kb": KB_NAME,
-                "intent": f"{flow} / {sub}",
+            {  # the KB file format of docs/knowledge_bases.md
+                "id": doc_id,
                 "title": copy.title,
-                "answer": copy.answer,
-                "policy_notes": notes,
+                "text": copy.answer,
+                "intent": f"{flow} / {sub}",
                 "compliance": (flow, sub) in COMPLIANCE,
+                "policy_notes": notes,
             }
         )
     return articles
