@@ -6,12 +6,15 @@ production runs). This server speaks just enough of both wire formats for that:
 
     POST /v1/messages           Anthropic Messages (JSON, or SSE when "stream": true)
     POST /v1/chat/completions   OpenAI Chat Completions (JSON, or `data:` SSE + [DONE])
+    GET  /v1/models             the models served (`served_models`), in Anthropic's format
+                                when the request carries `anthropic-version`, else OpenAI's
 
 Tests script it with a queue of behaviours, one per request received (`succeed`,
 `stream`, `slow`, `rate_limited`, `overloaded`, `server_error`, `context_length`,
 `midstream_error`, `truncated_stream`); when the queue is empty every request succeeds.
 Every request is recorded (path, headers with credentials redacted, JSON body) so tests
-can count exactly how many calls were made.
+can count exactly how many calls were made; the credentials presented are kept apart in
+`keys_seen`. With `api_key` set, any other credential gets the API's 401.
 
     with ModelApiServer() as api:
         api.script(rate_limited(retry_after_s=2), succeed("Hello"))
@@ -32,9 +35,11 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 ANTHROPIC_PATH = "/v1/messages"
 OPENAI_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 REDACTED_HEADERS = frozenset({"x-api-key", "authorization", "api-key"})
 
 Api = Literal["anthropic", "openai"]
@@ -154,7 +159,19 @@ class _Server(ThreadingHTTPServer):
 class ModelApiServer:
     """A context manager running the fake API on a free localhost port in a thread."""
 
-    def __init__(self, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
+        served_models: tuple[str, ...] = (),
+    ) -> None:
+        self.api_key = api_key
+        """When set, a request presenting any other credential gets a 401."""
+        self.served_models = served_models
+        """What GET /v1/models lists."""
+        self.keys_seen: list[str | None] = []
+        """The credential of every request, in arrival order (x-api-key or Bearer)."""
         self._lock = threading.Lock()
         self._queue: deque[Behaviour] = deque()
         self._requests: list[RecordedRequest] = []
@@ -256,6 +273,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on recorded requests, not on stderr."""
 
+    def _authorized(self, api: Api) -> bool:
+        """Record the presented credential; answer the API's 401 when it is not the one."""
+        owner = self.server.owner
+        bearer = self.headers.get("authorization") or ""
+        key = self.headers.get("x-api-key") or bearer.removeprefix("Bearer ") or None
+        with owner._lock:
+            owner.keys_seen.append(key)
+        if owner.api_key is None or key == owner.api_key:
+            return True
+        self._error(api, 401)
+        return False
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        path = urlsplit(self.path).path
+        api: Api = "anthropic" if self.headers.get("anthropic-version") else "openai"
+        if path != MODELS_PATH:
+            self._json(404, {"error": {"type": "not_found_error", "message": self.path}})
+            return
+        if not self._authorized(api):
+            return
+        if api == "anthropic":
+            data = [
+                {
+                    "type": "model",
+                    "id": model,
+                    "display_name": model,
+                    "created_at": "2024-10-22T00:00:00Z",
+                }
+                for model in owner.served_models
+            ]
+            first = data[0]["id"] if data else None
+            last = data[-1]["id"] if data else None
+            page = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+            self._json(200, page)
+        else:
+            models = [
+                {"id": model, "object": "model", "created": 0, "owned_by": "fake"}
+                for model in owner.served_models
+            ]
+            self._json(200, {"object": "list", "data": models})
+
     def do_POST(self) -> None:
         owner = self.server.owner
         length = int(self.headers.get("content-length") or 0)
@@ -271,6 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
         api: Api | None = {ANTHROPIC_PATH: "anthropic", OPENAI_PATH: "openai"}.get(self.path)  # type: ignore[assignment]
         if api is None:
             self._json(404, {"error": {"type": "not_found_error", "message": self.path}})
+            return
+        if not self._authorized(api):
             return
         behaviour, serial = owner._take(RecordedRequest(self.path, headers, body))
         if behaviour.cite_first_source:

@@ -249,7 +249,9 @@ class ResilientProvider:
         try:
             return await self._attempts(request)
         except ProviderError as exc:
-            metrics.count(metrics.MODEL_CALL_FAILURES, self.role.pinned_id, error_type(exc))
+            metrics.count(
+                metrics.MODEL_CALL_FAILURES, self.name, self.role.pinned_id, error_type(exc)
+            )
             raise
 
     async def _attempts(self, request: ModelRequest) -> ModelResult:
@@ -309,7 +311,7 @@ class ResilientProvider:
                 last,
                 delay,
             )
-            metrics.count(metrics.MODEL_CALL_RETRIES, model, error_type(last))
+            metrics.count(metrics.MODEL_CALL_RETRIES, self.name, model, error_type(last))
             await self._sleep(delay)
         assert last is not None  # the loop ran at least once and every path set it
         raise last

@@ -18,8 +18,16 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from splitpin.core.redaction import RedactingFilter
+from splitpin.core.redaction import (
+    REDACTED,
+    RedactingFilter,
+    check_secret_env,
+    redact,
+    secret_variables,
+)
 from splitpin.errors import ConfigError
 from splitpin.providers.anthropic_provider import AnthropicProvider
 from splitpin.providers.base import (
@@ -35,7 +43,7 @@ from splitpin.providers.base import (
     Usage,
 )
 from splitpin.providers.openai_provider import OpenAIProvider
-from splitpin.providers.registry import ProviderRegistry
+from splitpin.providers.registry import ProviderRegistry, endpoint_settings, key_variables
 from splitpin.providers.resilience import CircuitBreaker, ResilientProvider
 from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import GovernanceConfig, ResilienceConfig, RoleConfig
@@ -594,3 +602,97 @@ def test_a_key_ending_in_a_newline_is_never_printed_nor_copied(
     for core in (anthropic_core, openai_core):
         assert core not in error
         assert core not in logged
+
+
+# -- providers per role: api_key_env and base_url ----------------------------------------
+
+FAST_KEY = "sk-fast-endpoint-SECRET-0001"
+LONG_KEY = "sk-long-endpoint-SECRET-0002"
+
+
+def test_two_openai_compatible_servers_each_see_only_their_own_key() -> None:
+    """Two roles, two OpenAI-compatible servers, two keys: each server is sent its own key
+    only (either server answers 401 to any other), never the vendor-wide OPENAI_API_KEY."""
+    with (
+        ModelApiServer(api_key=FAST_KEY) as first,
+        ModelApiServer(api_key=LONG_KEY) as second,
+    ):
+        governance = _governance(
+            "auto",
+            fast={"provider": "openai", "base_url": first.openai_url, "api_key_env": "FAST_KEY"},
+            long_context={"base_url": second.openai_url, "api_key_env": "LONG_KEY"},
+        )
+        env = {"FAST_KEY": FAST_KEY, "LONG_KEY": LONG_KEY, "OPENAI_API_KEY": OPENAI_KEY}
+
+        async def main() -> list[ModelResult]:
+            registry = _build(governance, env, sleep=FakeSleep())
+            try:
+                described = registry.describe()
+                assert described["fast"] == f"openai {HAIKU} at {first.openai_url}"
+                assert described["long_context"] == f"openai {GPT} at {second.openai_url}"
+                assert not any(k in str(described) for k in (FAST_KEY, LONG_KEY, OPENAI_KEY))
+                return [
+                    await registry.complete(_request(role))
+                    for role in ("fast", "long_context", "fast")
+                ]
+            finally:
+                await registry.aclose()
+
+        results = asyncio.run(main())
+        assert [r.role for r in results] == ["fast", "long_context", "fast"]
+        assert first.keys_seen == [FAST_KEY, FAST_KEY]
+        assert second.keys_seen == [LONG_KEY]
+        assert [r.body["model"] for r in first.requests] == [HAIKU, HAIKU]
+        assert [r.body["model"] for r in second.requests] == [GPT]
+
+
+def test_a_role_naming_its_key_variable_needs_that_variable() -> None:
+    """An explicit api_key_env is not satisfied by the vendor's variable nor a base_url."""
+    governance = _governance(
+        "remote",
+        long_context={"base_url": "http://vllm:8000/v1", "api_key_env": "LONG_KEY"},
+    )
+    env = {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "OPENAI_API_KEY": OPENAI_KEY}
+    with pytest.raises(ConfigError, match=r"roles\.long_context\.provider.*LONG_KEY"):
+        _build(governance, env)
+
+
+def test_a_role_key_with_a_newline_is_refused_naming_its_variable() -> None:
+    governance = _governance("auto", long_context={"api_key_env": "LONG_KEY"})
+    with pytest.raises(ConfigError, match="LONG_KEY") as caught:
+        check_secret_env({"LONG_KEY": LONG_KEY + "\n"}, key_variables(governance))
+    assert LONG_KEY not in str(caught.value)
+
+
+# The vendors' variables are drawn often, so "own vs vendor-wide key" is really exercised.
+VARIABLE = st.sampled_from(["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAST_KEY"]) | st.from_regex(
+    r"[A-Z][A-Z0-9_]{0,20}", fullmatch=True
+).filter(lambda name: not name.endswith("_BASE_URL"))
+KEY = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=8, max_size=24)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    env=st.dictionaries(VARIABLE, KEY, max_size=6),
+    variable=st.none() | VARIABLE,
+    provider=st.sampled_from(["anthropic", "openai"]),
+    base_url=st.none() | st.just("http://vllm:8000/v1"),
+)
+def test_a_role_is_only_ever_given_the_value_of_its_own_variable(
+    env: dict[str, str], variable: str | None, provider: str, base_url: str | None
+) -> None:
+    role = FAST.model_copy(
+        update={"provider": provider, "api_key_env": variable, "base_url": base_url}
+    )
+    own = variable or ("ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY")
+    key, url, missing = endpoint_settings("fast", role, env)
+    assert key == (env.get(own) or None)
+    assert (missing is None) == (
+        own in env or (provider == "openai" and variable is None and base_url is not None)
+    )
+    if missing is not None:
+        assert own in missing
+    assert url == base_url
+    if key is not None:
+        assert redact(f"header {key}") == f"header {REDACTED}"
+    assert own in secret_variables()
