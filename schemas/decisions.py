@@ -77,3 +77,7 @@ class RoutingDecision(WireModel):
         "the dearest role of its fallback chain). 0 when refused.",
     )
     features: dict[str, FeatureValue] = Field(default_factory=dict)
+    config_version: str | None = Field(
+        default=None,
+        description="Governance version id (GovernanceConfig.version_id) that produced it.",
+    )

@@ -26,6 +26,25 @@ class CostRecord(WireModel):
     escalated: bool = False
     shadow: bool = False
     emulated: bool = Field(default=False, description="Latency/price emulated by the local fleet.")
+    last_call: bool = Field(
+        default=False,
+        description=(
+            "The event's answering job has ended: no call follows. The budget gate releases"
+            " the event's reservations for calls that did not happen (or failed)."
+        ),
+    )
+    job_calls: tuple[str, ...] = Field(
+        default=(),
+        max_length=8,
+        description=(
+            "With last_call: the call ids (purposes) of every CostRecord of the job, this"
+            " one included. Their reservations stay until each record has arrived."
+        ),
+    )
+    config_version: str | None = Field(
+        default=None,
+        description="Governance version id (GovernanceConfig.version_id) that produced it.",
+    )
 
 
 class WindowedCost(WireModel):

@@ -22,7 +22,11 @@ class Citation(BaseModel):
 
 class Reply(WireModel):
     reply_id: str = Field(description="The event_id this reply answers.")
-    revision: int = Field(ge=0)
+    revision: int = Field(
+        ge=0,
+        description="0 for the preliminary, 1 for the final (also when no preliminary went "
+        "out), so reply_id + revision names one record across recoveries.",
+    )
     kind: Literal["preliminary", "final"]
     status: Literal["verified", "unverified", "corrected", "withheld", "refused"]
     conversation_id: str
@@ -49,4 +53,8 @@ class Reply(WireModel):
         default=False,
         description="A call behind it was answered by the local fleet: its price (and, with "
         "emulation on, its latency) imitates the configured model's.",
+    )
+    config_version: str | None = Field(
+        default=None,
+        description="Governance version id (GovernanceConfig.version_id) that produced it.",
     )
