@@ -1,7 +1,7 @@
 """Budget gate, keyed by tenant: a tenant's spend in a budget window never exceeds its limit.
 
 All of a tenant's spend lives in one keyed state, so requests are admitted one at a time.
-The invariant (docs/architecture.md, "A budget is a cap") rests on three rules:
+The invariant (docs/architecture.md, "A budget is a cap") rests on four rules:
 
 - **Reserve the most a request can cost.** Every call the answering policy may make for
   the event (primary or pinned; verify; re-route: see operators/answering.py) is reserved
@@ -16,9 +16,13 @@ The invariant (docs/architecture.md, "A budget is a cap") rests on three rules:
   open reservations plus reconciled actual costs. A CostRecord settles its call's
   reservation in the window that reservation was made in (a late record never touches
   the current one); a record is applied at most once; a reservation stays open (and
-  counted) across window rolls until its record arrives. A pinned or re-route record
-  ends the event (no call follows it) and releases what its other calls did not use;
-  reservations for calls that never happen stay counted until their window ends.
+  counted) across window rolls until its record arrives.
+- **Release what a finished job did not use.** The answering job's last CostRecord says
+  so (`last_call`, with `job_calls`, the ids of all its records): every other open slot
+  of the event (calls that never happened, or failed with no record) stops counting;
+  the slots in `job_calls` stay until their own records arrive, so a last record that
+  overtakes its siblings never un-counts them. Releasing is idempotent (a re-stated or
+  duplicated last record changes nothing more).
 
 Amounts are whole nano-dollars, so "at or under the limit" is exact arithmetic.
 """
@@ -55,6 +59,9 @@ MAX_OPEN_RESERVATIONS = 10_000
 """Events with open reservations per tenant; the oldest beyond this is closed with its
 reserved amount kept as spent (conservative), bounding the state."""
 
+SHADOW_LEDGER = "canary:shadow"
+"""The one key a canary's budget gate keeps all its traffic under (one shadow budget)."""
+
 NANOS_PER_USD = 1_000_000_000
 CALL_PURPOSES: frozenset[str] = frozenset(get_args(CallPurpose)) - {"replan"}
 """Purposes whose record, once its slot is settled, is a duplicate. A `replan` (after a
@@ -62,7 +69,8 @@ provider's context-length error) takes the place of the primary, verify and re-r
 calls, none of which cost anything or can follow: its record draws on the event's open
 slots first (see INSTEAD_PURPOSES)."""
 TERMINAL_PURPOSES: frozenset[str] = frozenset({"pinned", "reroute", "replan"})
-"""No call follows these in operators/answering.py: their record ends the event."""
+"""No call follows these in operators/answering.py: a record of one written before
+`last_call` existed ends the event (it releases every other slot)."""
 INSTEAD_PURPOSES: frozenset[str] = frozenset({"replan"})
 """Calls made only instead of all the others: they reserve only what the others' sum
 lacks of their own bound."""
@@ -155,12 +163,24 @@ class BudgetGate:
     governance: GovernanceConfig
     clock: Callable[[], float] = time.time
     """Processing time, epoch seconds: injectable for tests, the wall clock in production."""
+    shadow_limit_usd: float | None = None
+    """A canary's gate: ONE ledger (the flow keys all its traffic alike) held to this limit
+    instead of the tenants' (their allowed roles still apply); it reconciles only shadow
+    CostRecords, and a tenant's gate (None) only non-shadow ones."""
+
+    @property
+    def shadow(self) -> bool:
+        return self.shadow_limit_usd is not None
+
+    def limit_usd(self, tenant: TenantBudget) -> float:
+        return tenant.limit_usd if self.shadow_limit_usd is None else self.shadow_limit_usd
 
     def admit(self, ledger: TenantLedger, routed: RoutePlan) -> Verdict:
         event = routed.observation.event
         tenant = self.governance.budgets.for_tenant(event.tenant_id)
         window = self._roll(ledger)
-        limit = _nanos_down(tenant.limit_usd)
+        limit_usd = self.limit_usd(tenant)
+        limit = _nanos_down(limit_usd)
         remaining = max(0, limit - ledger.spend(window).committed)
         if routed.plan is None:
             return Verdict("refuse", None, 0.0, "context overflow: nothing dispatched")
@@ -182,9 +202,10 @@ class BudgetGate:
         affordable = sorted(
             (p for p in candidates if cost(p) <= remaining), key=lambda p: (cost(p), p.role)
         )
+        owner = "the canary" if self.shadow else event.tenant_id
         budget_note = (
-            f"budget: {event.tenant_id} has ${_usd(remaining):.6f} of ${tenant.limit_usd:.2f} "
-            f"left in the window from {_when(window)}"
+            f"{'shadow budget' if self.shadow else 'budget'}: {owner} has "
+            f"${_usd(remaining):.6f} of ${limit_usd:.2f} left in the window from {_when(window)}"
         )
         if chosen_allowed:
             why = f"{budget_note}; {chosen.role} would reserve ${_usd(cost(chosen)):.6f}"
@@ -249,12 +270,21 @@ class BudgetGate:
         return CallBound(purpose, role_name, tokens_in, tokens_out, cost)
 
     def reconcile(self, ledger: TenantLedger, record: CostRecord) -> None:
-        """The call's actual cost replaces its reservation, in the reservation's window."""
-        if record.record_id in ledger.reconciled:
-            return
-        ledger.reconciled[record.record_id] = None
-        while len(ledger.reconciled) > MAX_OPEN_RESERVATIONS:
-            ledger.reconciled.popitem(last=False)
+        """The call's actual cost replaces its reservation, in the reservation's window; the
+        job's last record (`last_call`) also releases its calls that never happened."""
+        if record.shadow != self.shadow:
+            return  # a shadow cost never reaches a tenant's ledger, nor a real one the canary's
+        if record.record_id not in ledger.reconciled:
+            ledger.reconciled[record.record_id] = None
+            while len(ledger.reconciled) > MAX_OPEN_RESERVATIONS:
+                ledger.reconciled.popitem(last=False)
+            self._settle(ledger, record)
+        if record.last_call:  # also when stated again on a record already applied
+            self._release(ledger, record.event_id, keep=frozenset(record.job_calls))
+        self._prune(ledger)
+
+    def _settle(self, ledger: TenantLedger, record: CostRecord) -> None:
+        """Apply one record, once: its cost replaces its own call's reservation."""
         reservation = ledger.reservations.get(record.event_id)
         prefix, _, purpose = record.record_id.rpartition(":")
         if prefix != record.event_id:
@@ -282,16 +312,27 @@ class BudgetGate:
                 _usd(excess),
                 record.tenant_id,
             )
-        if purpose in TERMINAL_PURPOSES:
+        if purpose in TERMINAL_PURPOSES and not record.last_call:  # written before last_call
             spend.reserved -= sum(reservation.open.values())
             reservation.open.clear()
         if not reservation.open:
             del ledger.reservations[record.event_id]
-        self._prune(ledger)
+
+    def _release(self, ledger: TenantLedger, event_id: str, *, keep: frozenset[str]) -> None:
+        """The event's job has ended: every open call slot not in `keep` (the calls that
+        have a CostRecord, still to arrive) will never be billed and stops counting."""
+        reservation = ledger.reservations.get(event_id)
+        if reservation is None:
+            return
+        spend = ledger.spend(reservation.window_start)
+        for purpose in [p for p in reservation.open if p not in keep]:
+            spend.reserved -= reservation.open.pop(purpose)
+        if not reservation.open:
+            del ledger.reservations[event_id]
 
     def remaining_usd(self, ledger: TenantLedger, tenant_id: str) -> float:
         """What the current window still admits, in [0, limit] (the gauge's value)."""
-        limit = self.governance.budgets.for_tenant(tenant_id).limit_usd
+        limit = self.limit_usd(self.governance.budgets.for_tenant(tenant_id))
         return min(limit, max(0.0, limit - ledger.spent_usd))
 
     def _reserve(
@@ -414,6 +455,7 @@ def build_decision(
         cache_hit_of=routed.cache_hit_of,
         estimated_cost_usd=round(verdict.cost_usd, 9),
         features=choice.features,
+        config_version=governance.version_id(),
     )
     out: list[RoutingDecision | ValidationFailure] = [decision]
     if routed.overflow is not None:
@@ -480,7 +522,7 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
         return out, StatefulLogic.RETAIN
 
     def _report_remaining(self, tenant_id: str) -> None:
-        label = gauge_tenant(self._gate.governance, tenant_id)
+        label = "shadow" if self._gate.shadow else gauge_tenant(self._gate.governance, tenant_id)
         remaining = self._gate.remaining_usd(self._ledger, tenant_id)
         metrics.BUDGET_REMAINING.labels(label).set(remaining)
 
