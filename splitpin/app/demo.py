@@ -26,34 +26,43 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+import yaml
 
+from splitpin.app.canary import plan_canary, prepare_canary
+from splitpin.app.canary_report import canary_settings, read_comparison, render
 from splitpin.app.flow_process import running_flow
 from splitpin.app.replay import event_time_span, replay_file
-from splitpin.app.report import DEFAULT_PLOT, Stamped, plot_latencies, render_table, summarize
+from splitpin.app.report import (
+    DEFAULT_PLOT,
+    Stamped,
+    plot_latencies,
+    read_topic,
+    read_topology,
+    render_table,
+    summarize,
+    valid_events,
+    value,
+)
 from splitpin.core.kafka.admin import create_topics
 from splitpin.core.kafka.broker import LocalBroker
+from splitpin.core.kafka.client_config import client_config
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import REPO_ROOT, Settings
 from splitpin.errors import ConfigError, SplitpinError
-from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event
+from splitpin.operators.sampling import in_sample
 from splitpin.providers.registry import ANTHROPIC_KEY, OPENAI_BASE_URL, OPENAI_KEY, remote_settings
 from splitpin.schemas import (
     ConversationEvent,
-    CostRecord,
     DeadLetter,
     Reply,
-    RoutingDecision,
-    ValidationFailure,
     decode,
 )
-from splitpin.schemas.governance import GovernanceConfig
-from splitpin.schemas.wire import M
+from splitpin.schemas.governance import GovernanceConfig, load_governance
 
 SAMPLE = REPO_ROOT / "data" / "sample" / "events.jsonl"
 MALFORMED = REPO_ROOT / "data" / "sample" / "malformed.jsonl"
@@ -74,10 +83,15 @@ def run_demo(
     echo: Callable[[str], None] = print,
     plot_path: Path = DEFAULT_PLOT,
     rate: float = SAMPLE_RATE,
+    canary: bool = True,
 ) -> None:
     """Broker, fresh topics, the flow, the sample at `rate` events/s, then the report.
 
-    `plot_path` is relative to the working directory unless absolute.
+    With `canary`, a candidate config (`write_candidate`) runs beside the primary as
+    `splitpin run --canary` on the same events topic, from the start, so both topologies
+    are timed against the same publications; after the primary's report comes the
+    comparison and its verdict. `plot_path` is relative to the working directory unless
+    absolute.
     """
     if not SAMPLE.is_file():
         msg = (
@@ -97,6 +111,8 @@ def run_demo(
                     "topic_prefix": f"demo-{int(time.time())}.",
                     "recovery_dir": Path(tmp) / "recovery",
                     "metrics_port": _free_port(),
+                    "canary_recovery_dir": Path(tmp) / "canary-recovery",
+                    "canary_metrics_port": _free_port(),
                     # Restamped, the sample's last event lies its whole span (8 days)
                     # after the first, which is now: allow that much future skew.
                     "max_future_skew_s": settings.max_future_skew_s + _span_s(SAMPLE),
@@ -105,24 +121,98 @@ def run_demo(
             for line in create_topics(demo):
                 echo(line)
             echo(describe_backends(demo.governance, os.environ))
-            log_path = Path(tmp) / "flow.log"
-            with running_flow(demo.child_env(), log_path) as flow:
+            log_path, canary_log = Path(tmp) / "flow.log", Path(tmp) / "canary.log"
+            candidate = write_candidate(demo.governance_file, Path(tmp)) if canary else None
+            if candidate is not None:  # created before either flow starts reading
+                for line in prepare_canary(demo, plan_canary(demo, candidate)):
+                    echo(line)
+            with ExitStack() as flows:
+                flow = flows.enter_context(running_flow(demo.child_env(), log_path))
+                mirror = None
+                if candidate is not None:
+                    args = ("--canary", str(candidate))
+                    mirror = flows.enter_context(running_flow(demo.child_env(), canary_log, *args))
                 started = time.monotonic()
                 _wait_until_ready(flow, demo.metrics_port, log_path)
+                if mirror is not None:
+                    _wait_until_ready(mirror, demo.canary_metrics_port, canary_log)
                 echo(f"flow ready after {time.monotonic() - started:.1f}s (splitpin run, tailing)")
                 now = datetime.now(UTC)
                 echo(replay_file(demo, SAMPLE, rate=rate, restamp_to=now).describe())
                 echo(replay_file(demo, MALFORMED).describe())
-                expected = {e.record.event_id for e in _valid_events(demo) if _customer(e)}
+                valid = [e for e in _valid_events(demo) if _customer(e)]
+                expected = {e.record.event_id for e in valid}
                 answered = _wait_for_finals(demo, expected, flow, log_path)
                 echo(
                     f"final replies for {answered}/{len(expected)} valid customer events "
                     f"{time.monotonic() - started:.1f}s after the flow started; stopping it"
                 )
+                if mirror is not None and candidate is not None:
+                    fraction = load_governance(candidate).canary.sample_fraction
+                    sampled = {
+                        e.record.event_id
+                        for e in valid
+                        if in_sample(e.record.conversation_id, fraction)
+                    }
+                    mirrored = _wait_for_finals(
+                        _canary_of(demo, candidate), sampled, mirror, canary_log
+                    )
+                    echo(f"canary: final replies for {mirrored}/{len(sampled)} mirrored events")
             echo(report(demo, plot_path))
+            if candidate is not None:
+                echo(canary_section(demo, candidate))
     finally:
         if started_broker:
             echo(broker.stop())
+
+
+CANDIDATE_NAME = "demo-candidate-fast-cheaper"
+CANDIDATE_FAST: dict[str, object] = {
+    "provider": "anthropic",
+    "model": "claude-3-haiku",
+    "version": "claude-3-haiku-20240307",
+    "price_in_per_mtok": 0.25,
+    "price_out_per_mtok": 1.25,
+    "emulation": {"ttft_ms_median": 450, "ttft_sigma": 0.35, "tokens_per_s": 120},
+}
+"""The demo's candidate: the fast role on a cheaper, quicker emulated profile (Claude 3
+Haiku's list prices). Demo data, not a runtime setting: the rest of the config is the
+primary's."""
+CANDIDATE_SAMPLE_FRACTION = 0.5
+"""Half the sample's conversations are mirrored: enough compared replies for a verdict."""
+
+
+def write_candidate(governance_file: Path, folder: Path) -> Path:
+    """The primary's governance file with the fast role swapped (CANDIDATE_FAST), written
+    to `folder` and validated like any config `splitpin run --canary` loads."""
+    data = yaml.safe_load(governance_file.read_text(encoding="utf-8"))
+    data["name"] = CANDIDATE_NAME
+    data["roles"]["fast"] = {**data["roles"]["fast"], **CANDIDATE_FAST}
+    data["canary"] = {**data.get("canary", {}), "sample_fraction": CANDIDATE_SAMPLE_FRACTION}
+    path = folder / "candidate.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    load_governance(path)
+    return path
+
+
+def _canary_of(settings: Settings, candidate: Path) -> Settings:
+    return canary_settings(settings, load_governance(candidate).canary.topic_prefix)
+
+
+def canary_section(settings: Settings, candidate: Path) -> str:
+    """The comparison table and verdict, against the primary's promotion criteria."""
+    prefix = load_governance(candidate).canary.topic_prefix
+    comparison = read_comparison(settings, prefix=prefix)
+    lines = [
+        "",
+        f"canary: {CANDIDATE_NAME} (fast role -> {CANDIDATE_FAST['version']}), "
+        f"{CANDIDATE_SAMPLE_FRACTION:.0%} of conversations mirrored; the same table as "
+        f"`splitpin canary report --prefix {prefix}`",
+        render(comparison),
+        "times as above (Kafka CreateTime of reply minus event); the two flows shared the "
+        "machine, so each slowed the other.",
+    ]
+    return "\n".join(lines)
 
 
 def _span_s(path: Path) -> float:
@@ -133,18 +223,8 @@ def _span_s(path: Path) -> float:
 def report(settings: Settings, plot_path: Path) -> str:
     """Read every topic back with timestamps; the table, the dead letters, the plot's path."""
 
-    def read(name: str) -> list[Message]:
-        return read_to_end(settings.bootstrap_servers, settings.topic(name))
-
-    replies = [Stamped(decode(Reply, _value(m)), _timestamp_ms(m)) for m in read("replies")]
-    summary = summarize(
-        _valid_events(settings),
-        _decode_all(RoutingDecision, read("decisions")),
-        replies,
-        _decode_all(CostRecord, read("metrics")),
-        _decode_all(ValidationFailure, read("validation_failures")),
-    )
-    letters = _decode_all(DeadLetter, read("dead_letter"))
+    summary = summarize(_valid_events(settings), *read_topology(settings))
+    letters = [decode(DeadLetter, value(m)) for m in read_topic(settings, "dead_letter")]
     path = plot_latencies(summary, plot_path)
 
     lines = ["", "replies per route (route = the routing decision's role)", render_table(summary)]
@@ -165,18 +245,7 @@ def report(settings: Settings, plot_path: Path) -> str:
 
 
 def _valid_events(settings: Settings) -> list[Stamped[ConversationEvent]]:
-    """The input records the flow accepted, judged by the flow's own ingest.
-
-    The input topic holds the malformed sample too; re-running ingest on it (rather than
-    a looser decode) keeps "valid customer events" equal to what the flow routed.
-    """
-    events: list[Stamped[ConversationEvent]] = []
-    limits = IngestLimits.from_settings(settings)
-    for message in read_to_end(settings.bootstrap_servers, settings.topic("events")):
-        parsed = parse_event(_raw(message), limits)
-        if isinstance(parsed, ConversationEvent):
-            events.append(Stamped(parsed, _timestamp_ms(message)))
-    return events
+    return valid_events(settings)
 
 
 def _customer(event: Stamped[ConversationEvent]) -> bool:
@@ -204,8 +273,10 @@ def _wait_for_finals(
     answered: set[str] = set()
     while True:
         _check_running(flow, log_path)
-        for message in read_to_end(settings.bootstrap_servers, settings.topic("replies")):
-            reply = decode(Reply, _value(message))
+        for message in read_to_end(
+            settings.bootstrap_servers, settings.topic("replies"), config=client_config(settings)
+        ):
+            reply = decode(Reply, value(message))
             if reply.kind == "final":
                 answered.add(reply.reply_id)
         if expected <= answered or time.monotonic() > deadline:
@@ -256,28 +327,3 @@ def describe_backends(governance: GovernanceConfig, env: Mapping[str, str]) -> s
         return f"answering: local fleet for every role ({why}{emulated})"
     parts = [f"{', '.join(roles)} -> {backend}" for backend, roles in answered_by.items()]
     return "answering: " + "; ".join(parts)
-
-
-def _decode_all(model: type[M], messages: Iterable[Message]) -> list[M]:
-    return [decode(model, _value(message)) for message in messages]
-
-
-def _value(message: Message) -> bytes:
-    return message.value() or b""
-
-
-def _timestamp_ms(message: Message) -> int | None:
-    kind, ms = message.timestamp()
-    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(ms)
-
-
-def _raw(message: Message) -> RawRecord:
-    partition, offset = message.partition(), message.offset()
-    return RawRecord(
-        key=message.key(),
-        value=message.value(),
-        topic=message.topic() or "",
-        partition=partition if partition is not None else -1,
-        offset=offset if offset is not None else -1,
-        timestamp_ms=_timestamp_ms(message),
-    )

@@ -15,17 +15,23 @@ a business timestamp that in replayed traffic lies in the past).
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from splitpin.core.kafka.client_config import client_config
+from splitpin.core.kafka.reader import read_to_end
+from splitpin.core.settings import Settings
+from splitpin.core.stats import percentile as percentile  # re-exported: one definition
+from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event
+from splitpin.schemas import decode
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.events import ConversationEvent
 from splitpin.schemas.metrics import CostRecord
@@ -208,17 +214,6 @@ def summarize(
     )
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
-    if not samples:
-        msg = "percentile of no samples"
-        raise ValueError(msg)
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def format_seconds(seconds: float) -> str:
     """Milliseconds below a second, so sub-second replies do not all read `0.0s`."""
     if abs(seconds) < 1:
@@ -345,3 +340,67 @@ def _before(a: int | None, b: int | None) -> bool:
 
 def _duration_label(seconds: float, _position: float) -> str:
     return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+# --- reading the topics back -------------------------------------------------------------
+
+
+def valid_events(settings: Settings) -> list[Stamped[ConversationEvent]]:
+    """The input records the flow accepted, judged by the flow's own ingest.
+
+    The input topic holds malformed records too; re-running ingest on it (rather than a
+    looser decode) keeps "valid customer events" equal to what the flow routed.
+    """
+    events: list[Stamped[ConversationEvent]] = []
+    limits = IngestLimits.from_settings(settings)
+    for message in read_topic(settings, "events"):
+        parsed = parse_event(raw_record(message), limits)
+        if isinstance(parsed, ConversationEvent):
+            events.append(Stamped(parsed, timestamp_ms(message)))
+    return events
+
+
+def read_topology(
+    settings: Settings,
+) -> tuple[list[RoutingDecision], list[Stamped[Reply]], list[CostRecord], list[ValidationFailure]]:
+    """One topology's outputs (its settings' topic prefix): decisions, timed replies, cost
+    records and validation failures."""
+
+    def read(name: str) -> list[Message]:
+        return read_topic(settings, name)
+
+    replies = [Stamped(decode(Reply, value(m)), timestamp_ms(m)) for m in read("replies")]
+    return (
+        [decode(RoutingDecision, value(m)) for m in read("decisions")],
+        replies,
+        [decode(CostRecord, value(m)) for m in read("metrics")],
+        [decode(ValidationFailure, value(m)) for m in read("validation_failures")],
+    )
+
+
+def read_topic(settings: Settings, name: str) -> list[Message]:
+    """A logical topic (settings' prefix applied) read to its current end."""
+    return read_to_end(
+        settings.bootstrap_servers, settings.topic(name), config=client_config(settings)
+    )
+
+
+def value(message: Message) -> bytes:
+    return message.value() or b""
+
+
+def timestamp_ms(message: Message) -> int | None:
+    kind, ms = message.timestamp()
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(ms)
+
+
+def raw_record(message: Message) -> RawRecord:
+    partition, offset = message.partition(), message.offset()
+    return RawRecord(
+        key=message.key(),
+        value=message.value(),
+        topic=message.topic() or "",
+        partition=partition if partition is not None else -1,
+        offset=offset if offset is not None else -1,
+        timestamp_ms=timestamp_ms(message),
+    )

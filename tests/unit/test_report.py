@@ -126,10 +126,10 @@ def summary() -> Summary:
         reply("f1", "final", 1_500),
         reply("f2", "preliminary", 2_300),
         reply("f2", "final", 4_000),
-        reply("l1", "final", 13_000, escalated=True, revision=0),
-        reply("p1", "final", 4_800, revision=0),
-        reply("r1", "final", 5_010, revision=0),
-        reply("zz", "final", 6_000, revision=0),  # no decision: reported, in no row
+        reply("l1", "final", 13_000, escalated=True, revision=1),
+        reply("p1", "final", 4_800, revision=1),
+        reply("r1", "final", 5_010, revision=1),
+        reply("zz", "final", 6_000, revision=1),  # no decision: reported, in no row
     ]
     costs = [
         cost("f1", "primary", 0.001),
