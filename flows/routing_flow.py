@@ -20,6 +20,7 @@ becomes a `processing_error` dead letter (or stops the flow if `on_processing_er
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard, TypeVar, cast
@@ -32,6 +33,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from splitpin.core import metrics, tokens
+from splitpin.core.kafka.client_config import security_config
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.core.router.classifier import Classifier
 from splitpin.core.settings import Settings
@@ -46,7 +48,13 @@ from splitpin.operators.answering import (
     Escalation,
     ReplyTiming,
 )
-from splitpin.operators.budget import BudgetGate, BudgetInput, BudgetOutput, _TenantLogic
+from splitpin.operators.budget import (
+    SHADOW_LEDGER,
+    BudgetGate,
+    BudgetInput,
+    BudgetOutput,
+    _TenantLogic,
+)
 from splitpin.operators.call_executor import shared_executor
 from splitpin.operators.classify import Classified, MemoizedClassifier, classify_events
 from splitpin.operators.cost_windows import window_costs, windowable
@@ -55,16 +63,34 @@ from splitpin.operators.isolation import Failed, Isolation
 from splitpin.operators.model_calls import CallPolicy, JobErrorHandler, model_calls, shard_of
 from splitpin.operators.model_gateway import Completer, ModelGateway, SourceFinder
 from splitpin.operators.routing import RoutePlan, Router, _ConversationLogic
+from splitpin.operators.sampling import mark_shadow, mirrored, require_prefix
 from splitpin.providers.setup import build_model_backends
 from splitpin.schemas.dead_letter import DeadLetter
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.events import ConversationEvent
+from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord, WindowedCost
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
 from splitpin.schemas.wire import WireModel, encode
 
 T = TypeVar("T")
+
+
+OBSERVED_RECORD_IDS = 10_000
+"""Cost record ids a worker remembers so a re-emitted record is observed once (a re-emit
+follows its original within the same job, so a short memory suffices)."""
+
+
+@dataclass(frozen=True)
+class CanaryMode:
+    """A canary topology (splitpin/app/canary.py); the flow's settings are the canary's (its
+    prefix, the candidate governance). It reads the primary's `events_topic`, mirrors the
+    candidate's `canary.sample_fraction` of conversations, marks its costs shadow, admits
+    against one shadow budget and writes only to topics starting with `topic_prefix`."""
+
+    events_topic: str
+    topic_prefix: str
 
 
 @dataclass(frozen=True)
@@ -76,14 +102,15 @@ class FlowInputs:
 
 
 def kafka_source(settings: Settings, topic: str, *, tail: bool) -> KafkaSource:
-    """Offsets live in Bytewax snapshots (no consumer group), so a resume rewinds exactly."""
+    """Offsets live in Bytewax snapshots (no consumer group), so a resume rewinds exactly.
+    `topic` is the physical name (a canary reads the primary's events topic)."""
     return KafkaSource(
         [settings.bootstrap_servers],
-        [settings.topic(topic)],
+        [topic],
         tail=tail,
         batch_size=settings.source_batch_size,
         # Bytewax passes this dict to its consumers and admin client alike.
-        add_config={"logger": LIBRDKAFKA_LOGGER},  # type: ignore[dict-item]
+        add_config={"logger": LIBRDKAFKA_LOGGER, **security_config(settings.kafka)},  # type: ignore[dict-item]
     )
 
 
@@ -114,10 +141,13 @@ def _read(
     return op.map(f"{step}-raw", consumed, _raw)
 
 
-def _describer(settings: Settings) -> Callable[[object], RawRecord | None]:
+def _describer(
+    settings: Settings, events_topic: str | None = None
+) -> Callable[[object], RawRecord | None]:
     """What a dead letter of a failed item holds: the record it stands for, re-encoded,
     keyed as on its topic; its partition and offset are unknown (-1) past ingest."""
-    events_topic, metrics_topic = settings.topic("events"), settings.topic("metrics")
+    events_topic = events_topic or settings.topic("events")  # a canary's: the primary's
+    metrics_topic = settings.topic("metrics")
 
     def describe(item: object) -> RawRecord | None:
         if isinstance(item, RawRecord):
@@ -161,13 +191,18 @@ def build_flow(
     tail: bool = True,
     backends: tuple[Completer, SourceFinder] | None = None,
     router: Router | None = None,
+    governance: GovernanceConfig | None = None,
+    canary: CanaryMode | None = None,
 ) -> Dataflow:
     """Wire the stages. Tests pass TestingSources of RawRecords and a TestingSink, and may
     pass their own model backends (providers, retriever); else the governance config's.
-    A test may pass its own Router (e.g. one that raises, to attack error isolation)."""
-    governance = settings.governance
+    A test may pass its own Router (e.g. one that raises, to attack error isolation).
+    `governance` is the version in force (the governance topic's, see `splitpin run`);
+    default: the settings' file."""
+    governance = governance or settings.governance
     router = router or Router(governance)
-    gate = BudgetGate(governance)
+    shadow = governance.canary.shadow_budget_usd if canary is not None else None
+    gate = BudgetGate(governance, shadow_limit_usd=shadow)
     loaded = classifier or Classifier.load(governance.classifier, governance.routing)
     # onnxruntime initialises lazily on the first run; pay that at start-up, not on the
     # first customer's message (the memo is bypassed, so no result is cached).
@@ -186,14 +221,16 @@ def build_flow(
     limits = IngestLimits.from_settings(settings)
     guard = Isolation(
         settings.on_processing_error,
-        _describer(settings),
+        _describer(settings, canary.events_topic if canary is not None else None),
         max_bytes=settings.dead_letter_max_bytes,
     )
 
     flow = Dataflow("splitpin-routing")
     if inputs is None:
-        raw_events = _read(flow, "events", settings, "events", tail)
-        raw_usage: Stream[RawRecord] | None = _read(flow, "usage", settings, "metrics", tail)
+        events_in = canary.events_topic if canary is not None else settings.topic("events")
+        raw_events = _read(flow, "events", settings, events_in, tail)
+        usage_in = settings.topic("metrics")  # a canary's own: never a tenant's costs
+        raw_usage: Stream[RawRecord] | None = _read(flow, "usage", settings, usage_in, tail)
     else:
         raw_events = op.input("events-in", flow, inputs.events)
         raw_usage = op.input("usage-in", flow, inputs.usage) if inputs.usage else None
@@ -202,6 +239,10 @@ def build_flow(
     split = op.branch("valid", parsed, lambda item: isinstance(item, ConversationEvent))
     events: Stream[ConversationEvent] = split.trues  # type: ignore[assignment]
     dead: list[Stream[DeadLetter | Failed]] = [split.falses]  # type: ignore[list-item]
+    if canary is not None:  # whole conversations only, decided by a hash of their id
+        share = governance.canary.sample_fraction
+        events = op.filter("canary-sample", events, lambda e: mirrored(e, share))
+        dead = [op.filter("canary-sample-dead", dead[0], lambda d: mirrored(d, share))]
 
     def classify_failed(event: ConversationEvent, exc: Exception) -> Failed:
         return guard.fail("classify", event, exc)
@@ -236,7 +277,9 @@ def build_flow(
         dead.append(usage_split.falses)  # type: ignore[arg-type]
         budget_inputs = op.merge("budget-inputs", budget_inputs, usage)
 
-    by_tenant = op.key_on("by-tenant", budget_inputs, _tenant_of)
+    by_tenant = op.key_on(
+        "by-tenant", budget_inputs, _tenant_of if canary is None else lambda _: SHADOW_LEDGER
+    )
 
     def tenant_logic(resume: bytes | None) -> StatefulLogic[BudgetInput, BudgetOutput, bytes]:
         return _TenantLogic(gate, resume)
@@ -281,6 +324,8 @@ def build_flow(
         on_job_error=on_job_error,
     )
     answers: Stream[AnswerOutput] = _ok("answer", op.key_rm("unkey-shard", per_shard), dead)
+    if canary is not None:
+        answers = op.map("shadow-costs", answers, mark_shadow)  # type: ignore[arg-type]
 
     costs = op.filter_map(
         "call-costs", answers, lambda item: item if isinstance(item, CostRecord) else None
@@ -315,11 +360,19 @@ def build_flow(
         metrics.count(metrics.VALIDATION_FAILURES, outcome.error)
         return OutRecord(failures_topic, key, encode(outcome))
 
+    # A finished job may re-emit its last CostRecord marked last_call (same record_id):
+    # Kafka consumers dedupe it, Prometheus counters must not count the call twice.
+    observed: OrderedDict[str, None] = OrderedDict()
+
     def answer_out(item: AnswerOutput) -> list[OutRecord]:
         if isinstance(item, Reply):
             return [OutRecord(replies_topic, item.conversation_id.encode(), encode(item))]
         if isinstance(item, CostRecord):
-            metrics.observe_call(item)
+            if item.record_id not in observed:
+                metrics.observe_call(item)
+                observed[item.record_id] = None
+                if len(observed) > OBSERVED_RECORD_IDS:
+                    observed.popitem(last=False)
             return [OutRecord(metrics_topic, item.tenant_id.encode(), encode(item))]
         if isinstance(item, ValidationFailure):
             metrics.count(metrics.VALIDATION_FAILURES, item.error)
@@ -351,6 +404,14 @@ def build_flow(
         *encoded,
         op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
     )
+    if canary is not None:  # not isolated: a foreign topic stops the canary, loudly
+        prefix = canary.topic_prefix
+
+        def own_topic(record: OutRecord) -> OutRecord:
+            require_prefix(record.topic, prefix)
+            return record
+
+        out = op.map("canary-topics", out, own_topic)
     op.output(
         "kafka-out",
         out,
@@ -359,6 +420,7 @@ def build_flow(
             settings.bootstrap_servers,
             delivery_timeout_ms=settings.delivery_timeout_ms,
             flush_timeout_s=settings.sink_flush_timeout_s,
+            client=security_config(settings.kafka),
         ),
     )
     return flow

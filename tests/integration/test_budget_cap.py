@@ -10,6 +10,7 @@ spent: divided by the limit, at most 1.0. Today's main gave 3.6.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, event_dict
 from tests.flow_process import running_flow
 from tests.kafka_helpers import read_until
-from tests.model_api_server import ModelApiServer, succeed
+from tests.model_api_server import ModelApiServer, grounded, succeed
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +56,16 @@ def api() -> Iterator[ModelApiServer]:
         yield server
 
 
-def capped_governance(tmp_path: Path, api: ModelApiServer, output_cap: int | None) -> Path:
-    """The shipped config, every role on the fake API, acme-bank limited to $0.05."""
+def capped_governance(
+    tmp_path: Path, api: ModelApiServer, output_cap: int | None, limit_usd: float = LIMIT_USD
+) -> Path:
+    """The shipped config, every role on the fake API, acme-bank limited to `limit_usd`."""
     config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
     for role in config["roles"].values():
         url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
         role.update(base_url=url, timeout_s=30, retry_budget=0)
     config["providers"] = {"mode": "remote", "max_in_flight": 16}
-    config["budgets"]["tenants"]["acme-bank"] = {"limit_usd": LIMIT_USD}
+    config["budgets"]["tenants"]["acme-bank"] = {"limit_usd": limit_usd}
     if output_cap is not None:
         config["budgets"]["max_output_tokens_per_call"] = output_cap
     path = tmp_path / "governance.yaml"
@@ -139,3 +142,62 @@ def test_a_burst_with_long_answers_and_reroutes_spends_at_most_the_limit(
     assert any(r.record_id.endswith(":reroute") for r in records.values()), "re-routes happened"
     assert all(r.tokens_out <= (output_cap or 1_024) for r in records.values())
     assert ratio <= 1.0
+
+
+SHORT_QUESTIONS = 24
+SHORT_LIMIT_USD = 0.25
+RECONCILE_WAIT_S = 2.0
+"""After a final reply, time for its CostRecords to travel routing.metrics to the gate."""
+
+
+def test_a_tenant_gets_as_many_short_answers_as_its_actual_spend_allows(
+    topic_settings: Any, tmp_path: Path
+) -> None:
+    """Identical short chat questions, one after another, each answered and verified with
+    a short cited answer: a short question reserves about $0.0465 (primary, verifier,
+    re-route) and costs a fraction of a cent. The job's last CostRecord releases the
+    re-route it never made, so a $0.25 tenant gets every one answered; old code kept that
+    slot counted until the window ended and answered only the first 10 or so.
+    `pytest -s` prints the figures."""
+    with ModelApiServer() as api:
+        api.default = grounded()
+        governance_path = capped_governance(tmp_path, api, None, SHORT_LIMIT_USD)
+        settings: Settings = topic_settings(partitions=3, governance_path=governance_path)
+        producer = CheckedProducer(settings.bootstrap_servers)
+        finals: dict[str, Reply] = {}
+        with running_flow(settings, tmp_path / "recovery", tmp_path / "flow.log", **KEYS) as flow:
+            for n in range(SHORT_QUESTIONS):
+                conversation = f"short-{n:03d}"
+                data = event_dict(f"{conversation}-0", conversation, text=QUESTIONS[0])
+                producer.produce(
+                    settings.topic("events"), orjson.dumps(data), conversation.encode()
+                )
+                producer.flush(30)
+
+                def answered(got: list[Any], event_id: str = data["event_id"]) -> bool:
+                    if flow.poll() is not None:
+                        return True
+                    replies = (decode(Reply, m.value() or b"") for m in got)
+                    finals.update({r.reply_id: r for r in replies if r.kind == "final"})
+                    return event_id in finals
+
+                read_until(settings.bootstrap_servers, settings.topic("replies"), answered, 60)
+                assert flow.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+                time.sleep(RECONCILE_WAIT_S)
+    records = {
+        r.record_id: r
+        for r in (
+            decode(CostRecord, m.value() or b"")
+            for m in read_to_end(settings.bootstrap_servers, settings.topic("metrics"))
+        )
+    }
+    assert len(finals) == SHORT_QUESTIONS, "every question got its final reply"
+    served = [r for r in finals.values() if r.status != "refused"]
+    spent = sum(r.cost_usd for r in records.values())
+    print(
+        f"\nbudget release: {len(served)} of {SHORT_QUESTIONS} short questions answered "
+        f"under a ${SHORT_LIMIT_USD:.2f} limit ({len(records)} calls, spent ${spent:.6f})"
+    )
+    assert spent <= SHORT_LIMIT_USD
+    assert {r.status for r in served} <= {"verified", "corrected"}
+    assert len(served) == SHORT_QUESTIONS

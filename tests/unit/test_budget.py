@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from splitpin.operators.answering import AnswerPolicy, Dispatch
+from splitpin.operators.answering import AnswerPolicy, CallOutcome, CallSpec, Dispatch
 from splitpin.operators.budget import (
     BudgetGate,
     CallBound,
@@ -20,10 +21,13 @@ from splitpin.operators.budget import (
     build_dispatch,
     gauge_tenant,
 )
+from splitpin.operators.model_calls import CallFailed
 from splitpin.operators.routing import RoutePlan
+from splitpin.providers.base import ModelResult, SourceDoc, Usage
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord
+from splitpin.schemas.replies import Citation
 from tests.routing_helpers import Conversation, classification, governance
 
 T_START = 1_800_000_000.0  # a processing-time instant at an hour boundary
@@ -328,3 +332,144 @@ def test_a_snapshot_from_before_per_window_ledgers_keeps_its_spend() -> None:
     ledger = _restore(gate, pickle.dumps(old))
     assert ledger.spent_usd == pytest.approx(0.3)
     assert gate.remaining_usd(ledger, "acme-bank") == pytest.approx(0.7)
+
+
+# --- releasing what a finished job did not use ---------------------------------------
+
+SOURCES = (
+    SourceDoc(
+        doc_id="InternalDoc-11",
+        title="Article 11",
+        text="text",
+        source="kb:banking77/InternalDoc-11",
+        score=0.9,
+    ),
+)
+Script = Callable[[CallSpec], ModelResult | CallFailed]
+
+
+def _cited(spec: CallSpec, tokens_in: int = 900, tokens_out: int = 60) -> ModelResult:
+    """A short, valid answer (cites the attached article), like most real ones."""
+    return ModelResult(
+        request_id=spec.request_id,
+        role=spec.role,
+        text="Your card is on its way; see the article.",
+        citations=(Citation(doc_id="InternalDoc-11", source="kb:banking77/InternalDoc-11"),),
+        usage=Usage(tokens_in=tokens_in, tokens_out=tokens_out),
+        latency_ms=5.0,
+        model_version=f"{spec.role}@test",
+        provider="anthropic",
+        confidence=0.9,
+    )
+
+
+def _answered(
+    gov: GovernanceConfig, gate: BudgetGate, ledger: TenantLedger, routed: RoutePlan, script: Script
+) -> tuple[str, list[CostRecord]]:
+    """Admit one event and run the real AnswerPolicy to its end: the verdict's action and
+    every CostRecord the job emitted, in order."""
+    verdict = gate.admit(ledger, routed)
+    decision = build_decision(routed, verdict, gov)[0]
+    assert isinstance(decision, RoutingDecision)
+    policy = AnswerPolicy(gov, runner=_no_runner)
+    job, step = policy.open(build_dispatch(routed, decision, verdict.plan))
+    records = [r for r in step.emit if isinstance(r, CostRecord)]
+    queue = list(step.calls)
+    while queue:
+        call_id, spec = queue.pop(0)
+        got = script(spec)
+        outcome = got if isinstance(got, CallFailed) else CallOutcome(spec.request(SOURCES), got)
+        step = policy.advance(job, call_id, outcome)
+        records += [r for r in step.emit if isinstance(r, CostRecord)]
+        queue += step.calls
+    assert step.done
+    return verdict.action, records
+
+
+def _nanos(records: list[CostRecord]) -> int:
+    return sum(round(r.cost_usd * 1e9) for r in {r.record_id: r for r in records}.values())
+
+
+def test_the_last_record_of_a_verified_answer_releases_the_unused_reroute() -> None:
+    """Old code kept the re-route slot ($0.0188 of the $0.0465 a short question reserves)
+    counted until the window ended, though the verified answer needed no re-route."""
+    gov, gate = _gate(1.0)
+    ledger = TenantLedger()
+    _, records = _answered(gov, gate, ledger, _say(gov, "where is my card"), _cited)
+    primary, verify = records
+    assert (primary.last_call, verify.last_call) == (False, True)
+    assert verify.job_calls == ("primary", "verify")
+    for record in records:
+        gate.reconcile(ledger, record)
+    assert not ledger.reservations
+    assert ledger.spend(gate._roll(ledger)).committed == _nanos(records)
+
+
+def test_a_last_record_that_overtakes_its_siblings_keeps_their_reservations() -> None:
+    gov, gate = _gate(1.0)
+    ledger = TenantLedger()
+    verdict = gate.admit(ledger, _say(gov, "where is my card"))
+    bound = {c.purpose: c.nanos for c in verdict.calls}
+    last = _record("c-1-0", "verify", 0.003, last_call=True, job_calls=("primary", "verify"))
+    gate.reconcile(ledger, last)
+    window = ledger.spend(gate._roll(ledger))
+    assert window.committed == 3_000_000 + bound["primary"]  # the primary still counts
+    gate.reconcile(ledger, last)  # duplicated: nothing more
+    assert window.committed == 3_000_000 + bound["primary"]
+    gate.reconcile(ledger, _record("c-1-0", "primary", 0.001))
+    assert window.committed == 4_000_000 and not ledger.reservations
+
+
+def test_a_job_whose_last_call_failed_states_its_last_record_again_marked() -> None:
+    """The verifier timed out on an email: the safe reply goes out with no record of its
+    own, so the primary's record is stated again as the last one, and releases."""
+    gov, gate = _gate(1.0)
+    ledger = TenantLedger()
+    routed = _say(gov, "where is my card")
+    event = routed.observation.event.model_copy(update={"channel": "email"})
+    routed = replace(routed, observation=replace(routed.observation, event=event))
+
+    def verifier_times_out(spec: CallSpec) -> ModelResult | CallFailed:
+        return CallFailed("timeout", "no result") if spec.purpose == "verify" else _cited(spec)
+
+    _, records = _answered(gov, gate, ledger, routed, verifier_times_out)
+    first, again = records
+    assert first.record_id == again.record_id == "c-1-0:primary"
+    assert (first.last_call, again.last_call, again.job_calls) == (False, True, ("primary",))
+    assert again.model_copy(update={"last_call": False, "job_calls": ()}) == first
+    for record in (first, again, again):
+        gate.reconcile(ledger, record)
+    assert not ledger.reservations
+    assert ledger.spend(gate._roll(ledger)).committed == _nanos(records)
+
+
+@pytest.mark.parametrize("limit", [0.25, 1.0])
+def test_a_tenant_gets_the_answers_its_spend_allows(limit: float) -> None:
+    """Identical short questions, one after another in one window, each answered and
+    verified with short answers, its usage reconciled before the next: how many are
+    answered (not refused) with the last record's release and without it (old code).
+    `pytest -s` prints the figures."""
+    questions = 200
+    counts: dict[bool, int] = {}
+    spend: dict[bool, int] = {}
+    for release in (False, True):
+        gov, gate = _gate(limit)
+        ledger = TenantLedger()
+        answered = 0
+        for n in range(questions):
+            routed = _say(gov, "where is my card", f"q-{n}")
+            action, records = _answered(gov, gate, ledger, routed, _cited)
+            answered += action != "refuse"
+            for record in records:
+                if not release:  # what old code wrote: no mark, no restated record
+                    record = record.model_copy(update={"last_call": False, "job_calls": ()})
+                gate.reconcile(ledger, record)
+        counts[release] = answered
+        spend[release] = ledger.spend(gate._roll(ledger)).actual
+        assert spend[release] <= round(limit * 1e9)
+    print(
+        f"\nbudget release: limit ${limit:.2f}, {questions} short questions: "
+        f"{counts[False]} answered without the release, {counts[True]} with it "
+        f"(actual spend ${spend[False] / 1e9:.6f} -> ${spend[True] / 1e9:.6f})"
+    )
+    assert counts[True] > 2 * counts[False]

@@ -1,8 +1,9 @@
 """The budget invariant, attacked with hypothesis: whatever the burst, the interleaving of
-admissions and CostRecords (late, duplicated, out of order, for unknown events), the
-producer's `sent_at` (year 1 to 9999) and the gate's clock (rolls, jumps, steps back),
-each window's committed spend stays at or under the limit, nothing raises, and the
-remaining-budget gauge stays within [0, limit].
+admissions and CostRecords (late, duplicated, out of order, for unknown events, a job's
+`last_call` record early, late, restated or duplicated), the producer's `sent_at` (year 1
+to 9999) and the gate's clock (rolls, jumps, steps back), each window's committed spend
+stays at or under the limit, nothing raises, and the remaining-budget gauge stays within
+[0, limit]; and once every record of a finished job is in, nothing of it stays reserved.
 
 The only assumption is the one the design states: a call's actual cost is at most what
 was reserved for that call (its tokens are at most the reserved input and the max_tokens
@@ -12,6 +13,7 @@ sent). Records for calls with no reservation may cost anything: they must change
 from __future__ import annotations
 
 import pickle
+import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -103,6 +105,9 @@ class Record:
     fraction: float
     """Of the call's reserved bound (ignored for calls with no reservation)."""
     unknown_cost: float
+    last: bool = False
+    """Marked as the job's last record (`job_calls`: every purpose recorded for the event
+    anywhere in the run, so it may come before or after its siblings)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ OPS = st.one_of(
         st.sampled_from(["primary", "pinned", "verify", "reroute", "odd"]),
         st.floats(0, 1),
         st.floats(0, 10),
+        st.booleans(),
     ),
     st.builds(Replay, st.integers(0, 200)),
     st.builds(
@@ -165,7 +171,10 @@ def _admit(gate: BudgetGate, ledger: TenantLedger, op: Admit, event_id: str) -> 
     return gate.admit(ledger, replace(base, observation=replace(base.observation, event=event)))
 
 
-def _record(event_id: str, purpose: str, cost: float) -> CostRecord:
+def _record(
+    event_id: str, purpose: str, cost: float, job_calls: tuple[str, ...] | None = None
+) -> CostRecord:
+    """A call's record; with `job_calls`, the job's last record."""
     return CostRecord(
         record_id=f"{event_id}:{purpose}",
         event_id=event_id,
@@ -178,7 +187,23 @@ def _record(event_id: str, purpose: str, cost: float) -> CostRecord:
         cost_usd=round(cost, 9),
         latency_ms=1.0,
         occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        last_call=job_calls is not None,
+        job_calls=job_calls or (),
     )
+
+
+def _recorded_purposes(ops: list[Any]) -> dict[str, tuple[str, ...]]:
+    """Per event id, every purpose a Record of the run names: what its job's last record
+    lists as the job's calls (the event ids are assigned as the test assigns them)."""
+    admitted: list[str] = []
+    purposes: dict[str, set[str]] = {}
+    for n, op in enumerate(ops):
+        if isinstance(op, Admit):
+            admitted.append(admitted[-1] if op.reuse_id and admitted else f"e-{n}")
+        elif isinstance(op, Record):
+            event_id = admitted[op.event] if op.event < len(admitted) else f"never-{op.event}"
+            purposes.setdefault(event_id, set()).add(op.purpose)
+    return {event_id: tuple(sorted(p)) for event_id, p in purposes.items()}
 
 
 def _check(gate: BudgetGate, ledger: TenantLedger, limit: float) -> None:
@@ -215,6 +240,7 @@ def test_no_window_ever_commits_more_than_the_limit(
     ledger = TenantLedger()
     admitted: list[tuple[str, dict[str, CallBound]]] = []
     sent: list[CostRecord] = []
+    job_calls = _recorded_purposes(ops)
     for n, op in enumerate(ops):
         if isinstance(op, Admit):
             event_id = admitted[-1][0] if op.reuse_id and admitted else f"e-{n}"
@@ -229,7 +255,7 @@ def test_no_window_ever_commits_more_than_the_limit(
                 cost = bound.max_cost_usd * op.fraction if bound is not None else 0.0
             else:
                 event_id, cost = f"never-{op.event}", op.unknown_cost
-            record = _record(event_id, op.purpose, cost)
+            record = _record(event_id, op.purpose, cost, job_calls[event_id] if op.last else None)
             sent.append(record)
             gate.reconcile(ledger, record)
         elif isinstance(op, Replay):
@@ -348,7 +374,7 @@ def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> lis
     return records
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     limit=st.sampled_from(LIMITS),
     events=st.lists(
@@ -363,22 +389,42 @@ def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> lis
         min_size=1,
         max_size=40,
     ),
-    late=st.booleans(),
+    delivery=st.sampled_from(["in_order", "late", "shuffled"]),
+    rng=st.randoms(use_true_random=False),
 )
 def test_what_the_answering_policy_actually_spends_stays_within_the_limit(
-    limit: float, events: list[tuple[int, list[Kind], datetime]], late: bool
+    limit: float,
+    events: list[tuple[int, list[Kind], datetime]],
+    delivery: str,
+    rng: random.Random,
 ) -> None:
     """Every call AnswerPolicy makes (primary, verify, re-route after an invalid citation,
     verify after a failure, re-plan after a context-length error), each answered by the
     dearest fallback at its max_tokens: the CostRecords of one window's admissions add up
     to at most the limit. This does not trust the gate's own call list: it runs the policy
-    that makes the calls."""
+    that makes the calls. Usage arrives in order, after the whole burst in reverse, or
+    shuffled across events with duplicates, some of it between admissions (a job's
+    `last_call` record before its siblings): releasing what a finished job did not use
+    never un-counts a call that was made. Once every record is in, an event with records
+    holds no reservation (old code kept the verify or re-route it never made)."""
     gov = GOVERNANCE[limit]
     clock = Clock(1_800_000_000.0)
     gate = BudgetGate(gov, clock)
     ledger = TenantLedger()
-    spent = 0.0
+    spent: dict[str, float] = {}
     pending: list[CostRecord] = []
+
+    def check() -> None:
+        """Committed never falls below what the calls made so far cost, arrived or not."""
+        _check(gate, ledger, limit)
+        made = sum(round(cost * NANOS_PER_USD) for cost in spent.values())
+        assert ledger.spend(gate._roll(ledger)).committed >= made, "a made call un-counted"
+
+    def deliver(records: list[CostRecord]) -> None:
+        for record in records:
+            gate.reconcile(ledger, record)
+            check()
+
     for n, (plan, kinds, stamp) in enumerate(events):
         routed = PLANS[plan]
         event = routed.observation.event.model_copy(update={"event_id": f"a-{n}", "sent_at": stamp})
@@ -387,14 +433,23 @@ def test_what_the_answering_policy_actually_spends_stays_within_the_limit(
         decision = build_decision(routed, verdict, gov)[0]
         assert isinstance(decision, RoutingDecision)
         records = _answer(gov, build_dispatch(routed, decision, verdict.plan), kinds)
-        spent += sum(r.cost_usd for r in records)
-        if late:
+        ends = [r for r in records if r.last_call]
+        assert len({r.record_id for r in ends}) == len(ends) <= 1, "one job, one end"
+        assert all(set(r.job_calls) == {x.record_id.split(":")[-1] for x in records} for r in ends)
+        spent |= {r.record_id: r.cost_usd for r in records}  # a restated record counts once
+        if delivery == "in_order":
+            deliver(records)
+        elif delivery == "late":
             pending += records  # usage arrives after the whole burst, in reverse
         else:
-            for record in records:
-                gate.reconcile(ledger, record)
-        _check(gate, ledger, limit)
-    for record in reversed(pending):
-        gate.reconcile(ledger, record)
-        _check(gate, ledger, limit)
-    assert spent <= limit + 1e-9, f"spent {spent} of {limit}"
+            pending += records + rng.sample(records, k=rng.randint(0, len(records)))
+            rng.shuffle(pending)
+            cut = rng.randint(0, len(pending))
+            deliver(pending[:cut])
+            pending = pending[cut:]
+        check()
+    deliver(list(reversed(pending)))
+    total = sum(spent.values())
+    assert total <= limit + 1e-9, f"spent {total} of {limit}"
+    billed = {record_id.rpartition(":")[0] for record_id in spent}
+    assert not billed & set(ledger.reservations), "a finished job's unused calls are released"
