@@ -19,8 +19,10 @@ Per event (a `Dispatch` from the budget gate), as calls finish:
 - a verification that times out follows `on_verification_timeout` and is recorded.
 
 Each answered event therefore ends with exactly one `final` revision. A CostRecord goes
-out per model call. Identities are stable (reply_id + revision, event_id + call id), so
-the duplicates a crash recovery re-emits are recognisable.
+out per model call; the job's last one is marked `last_call` (the budget gate then
+releases what the calls that never happened reserved). Identities are stable (reply_id +
+revision, event_id + call id), so the duplicates a crash recovery re-emits are
+recognisable.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
+
+PRELIMINARY_REVISION = 0
+FINAL_REVISION = 1
+"""A reply's revision says its kind, whether or not a preliminary went out: after a crash
+a re-issued remote call may decide differently about the preliminary, and reply_id +
+revision must still name one record (docs/topics.md, "Reply contract")."""
 
 CallPurpose = Literal["primary", "pinned", "verify", "reroute", "replan"]
 
@@ -142,6 +150,8 @@ class AnswerJob:
     cost_usd: float = 0.0
     emulated: bool = False
     tried: list[ModelRole] = field(default_factory=list)
+    records: tuple[CostRecord, ...] = ()
+    """Every CostRecord emitted so far (a class default, so older snapshots restore)."""
 
 
 Step = JobStep[AnswerOutput, CallSpec]
@@ -183,10 +193,33 @@ class AnswerPolicy:
             if result is not None:
                 emit.append(self._cost(job, purpose, result))
         if purpose == "primary":
-            return self._after_primary(job, outcome, result, emit)
-        if purpose == "verify":
-            return self._after_verify(job, outcome, result, emit)
-        return self._after_final_call(job, purpose, outcome, result, emit)
+            step = self._after_primary(job, outcome, result, emit)
+        elif purpose == "verify":
+            step = self._after_verify(job, outcome, result, emit)
+        else:
+            step = self._after_final_call(job, purpose, outcome, result, emit)
+        return self._mark_last_call(job, step)
+
+    def _mark_last_call(self, job: AnswerJob, step: Step) -> Step:
+        """A finished job's last CostRecord says so (`last_call`, with the ids of all its
+        calls), so the budget gate releases what the calls that never happened reserved.
+        When the step that finishes the job has no record (its call failed), the job's
+        latest record is stated again, marked: a duplicate by record_id, which every
+        consumer of routing.metrics already counts once. A job with no record releases
+        nothing (its reservation ends with its window)."""
+        if not step.done or not job.records:
+            return step
+        last = job.records[-1]
+        calls = tuple(r.record_id.rpartition(":")[2] for r in job.records)
+        marked = last.model_copy(update={"last_call": True, "job_calls": calls})
+        job.records = (*job.records[:-1], marked)
+        emit = list(step.emit)
+        at = next((n for n, item in enumerate(emit) if item is last), None)
+        if at is None:
+            emit.append(marked)
+        else:
+            emit[at] = marked
+        return Step(emit=emit, calls=step.calls, done=True)
 
     async def run(self, spec: CallSpec) -> CallOutcome:
         return await self.runner(spec)
@@ -528,7 +561,7 @@ class AnswerPolicy:
         job.tokens_out += result.usage.tokens_out
         job.cost_usd += cost
         job.emulated |= result.provider == "local"
-        return CostRecord(
+        record = CostRecord(
             record_id=f"{decision.event_id}:{purpose}",
             event_id=decision.event_id,
             tenant_id=decision.tenant_id,
@@ -542,7 +575,10 @@ class AnswerPolicy:
             escalated=job.escalated and purpose != "primary",
             emulated=result.provider == "local",
             occurred_at=decision.sent_at,
+            config_version=self.governance.version_id(),
         )
+        job.records = (*job.records, record)
+        return record
 
     def _violations(
         self,
@@ -596,7 +632,7 @@ class AnswerPolicy:
         sent = decision.sent_at.timestamp()
         return Reply(
             reply_id=decision.event_id,
-            revision=preliminary.revision + 1 if preliminary is not None else 0,
+            revision=FINAL_REVISION if kind == "final" else PRELIMINARY_REVISION,
             kind=kind,
             status=status,
             conversation_id=decision.conversation_id,
@@ -616,6 +652,7 @@ class AnswerPolicy:
             escalated=job.escalated,
             calls=job.calls,
             emulated=job.emulated,
+            config_version=self.governance.version_id(),
         )
 
     def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:

@@ -126,7 +126,7 @@ def test_email_gets_only_the_verified_reply() -> None:
     out, called = drive(dispatch_of(channel="email"), lambda s: answer(s, "InternalDoc-11"))
     assert called == ["primary", "verify"]
     (only,) = replies(out)
-    assert (only.kind, only.revision, only.status) == ("final", 0, "verified")
+    assert (only.kind, only.revision, only.status) == ("final", 1, "verified")
 
 
 def test_low_confidence_escalates_without_a_preliminary() -> None:

@@ -464,9 +464,10 @@ def test_an_abandoned_job_still_ends_with_one_final_safe_reply() -> None:
     dispatch = Dispatch(decision("e-9"), (), "", dispatched_at=0.0)
     replies = [x for x in policy.abandon(dispatch, None) if isinstance(x, Reply)]
     assert [(r.kind, r.status, r.text, r.revision) for r in replies] == [
-        ("final", "withheld", governance.replies.safe_reply, 0)
+        ("final", "withheld", governance.replies.safe_reply, 1)
     ]
     # After a preliminary went out, the safe final supersedes it.
-    job = AnswerJob(dispatch, preliminary=replies[0].model_copy(update={"kind": "preliminary"}))
+    preliminary = replies[0].model_copy(update={"kind": "preliminary", "revision": 0})
+    job = AnswerJob(dispatch, preliminary=preliminary)
     (final,) = [x for x in policy.abandon(dispatch, job) if isinstance(x, Reply)]
     assert (final.kind, final.revision, final.supersedes) == ("final", 1, 0)
