@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -83,14 +85,21 @@ class CheckedKafkaSink(DynamicSink[OutRecord]):
     """One idempotent producer per worker; records carry their own topic."""
 
     def __init__(
-        self, bootstrap_servers: str, *, delivery_timeout_ms: int, flush_timeout_s: float
+        self,
+        bootstrap_servers: str,
+        *,
+        delivery_timeout_ms: int,
+        flush_timeout_s: float,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._delivery_timeout_ms = delivery_timeout_ms
         self._flush_timeout_s = flush_timeout_s
+        # Security and extra librdkafka keys (`security_config(settings.kafka)`).
+        self._client = dict(client or {})
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CheckedSinkPartition:
         producer = CheckedProducer(
-            self._bootstrap_servers, delivery_timeout_ms=self._delivery_timeout_ms
+            self._bootstrap_servers, delivery_timeout_ms=self._delivery_timeout_ms, **self._client
         )
         return _CheckedSinkPartition(producer, self._flush_timeout_s)

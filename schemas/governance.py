@@ -5,13 +5,24 @@ Validated at start-up; any error names the field (`roles.fast.version: ...`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
+import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from splitpin.errors import ConfigError, describe_validation_error
 from splitpin.schemas.decisions import ModelRole
@@ -48,6 +59,13 @@ class RoleConfig(_Frozen):
     base_url: str | None = Field(
         default=None,
         description="Provider endpoint override, e.g. a vLLM or Ollama OpenAI-compatible URL.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding this role's API key (the variable's name, "
+        "never the key); default the vendor's ANTHROPIC_API_KEY / OPENAI_API_KEY. Lets two "
+        "OpenAI-compatible endpoints with different keys coexist.",
     )
     fallback: tuple[ModelRole, ...] = Field(
         default=(), description="Roles tried, in order, when this one fails (never revisited)."
@@ -285,7 +303,11 @@ class ProvidersConfig(_Frozen):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
 
 
-KnowledgeBaseName = Literal["banking77", "abcd"]
+SHIPPED_KBS: tuple[str, ...] = ("banking77", "abcd", "smalltalk")
+"""Knowledge bases shipped as package data: usable by name, without a path."""
+KB_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""A KB name is part of every attached source (`kb:<name>/<doc_id>`): no `/` or `:`."""
+KnowledgeBaseName = Annotated[str, Field(pattern=KB_NAME_PATTERN)]
 
 
 class PolicyCheck(_Frozen):
@@ -393,11 +415,43 @@ def _default_tenant_kbs() -> dict[str, KnowledgeBaseName]:
 
 
 class KnowledgeConfig(_Frozen):
-    """Which knowledge base answers which tenant, and how many articles a prompt carries."""
+    """Which knowledge base answers which tenant, and how many articles a prompt carries.
 
+    `bases` names a tenant's own JSON-lines files (docs/knowledge_bases.md); a relative
+    path is resolved against the governance file's folder, so a config and its KB files
+    move together. The shipped bases (SHIPPED_KBS) are known by name without a path.
+    """
+
+    bases: dict[KnowledgeBaseName, Path] = Field(
+        default_factory=dict, description="KB name -> JSON-lines file of its articles."
+    )
     default_kb: KnowledgeBaseName = "banking77"
     tenants: dict[str, KnowledgeBaseName] = Field(default_factory=_default_tenant_kbs)
     top_k: int = Field(default=4, ge=1, le=20, description="Articles retrieved per request.")
+
+    @field_validator("bases", mode="after")
+    @classmethod
+    def _resolve_relative(cls, bases: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        base_dir = (info.context or {}).get("base_dir")
+        shadowing = sorted(set(bases) & set(SHIPPED_KBS))
+        if shadowing:
+            msg = f"{', '.join(shadowing)}: shipped knowledge base names; choose another name"
+            raise ValueError(msg)
+        if base_dir is None:
+            return bases
+        # Absolute, so a config passed on (the governance topic) still names the same file.
+        return {name: Path(base_dir).absolute() / path for name, path in bases.items()}
+
+    @model_validator(mode="after")
+    def _kbs_known(self) -> Self:
+        known = {*SHIPPED_KBS, *self.bases}
+        named = {"knowledge.default_kb": self.default_kb}
+        named |= {f"knowledge.tenants.{t}": kb for t, kb in self.tenants.items()}
+        unknown = [f"{where}: {kb!r}" for where, kb in named.items() if kb not in known]
+        if unknown:
+            msg = f"{', '.join(unknown)} is neither shipped {list(SHIPPED_KBS)} nor under bases"
+            raise ValueError(msg)
+        return self
 
     def kb_for(self, tenant_id: str) -> KnowledgeBaseName:
         return self.tenants.get(tenant_id, self.default_kb)
@@ -438,6 +492,17 @@ class PromotionCriteria(_Frozen):
     compliance_regressions_allowed: int = Field(
         default=0, ge=0, description="Compliance-route replies the canary gets worse, at most."
     )
+    max_accuracy_drop: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="With gold labels: canary accuracy may trail the primary's by this much.",
+    )
+    min_compared_replies: int = Field(
+        default=20,
+        ge=1,
+        description="Final replies both topologies gave before any verdict but HOLD.",
+    )
 
 
 class CanaryConfig(_Frozen):
@@ -457,10 +522,50 @@ class CanaryConfig(_Frozen):
         default="canary.", min_length=1, description="Prefix of every topic the canary writes."
     )
     promotion: PromotionCriteria = Field(default_factory=PromotionCriteria)
+    comparison_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="`splitpin canary watch`: live comparison windows (tumbling), seconds.",
+    )
+    comparison_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a window waits past its end for the slower topology's replies.",
+    )
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEK_MIN = 7 * 24 * 60
+
+
+class MaintenanceWindow(_Frozen):
+    """A weekly slot (UTC) in which a change that swaps a role's model or version may apply,
+    so swaps never land at peak traffic."""
+
+    day: Weekday
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM, UTC.")
+    duration_min: int = Field(gt=0, le=_WEEK_MIN, description="Length of the window.")
+
+    def contains(self, now: datetime) -> bool:
+        """Whether `now` (aware) falls in this window; a window may run past Sunday midnight."""
+        utc = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+        minute = utc.weekday() * 1440 + utc.hour * 60 + utc.minute
+        hours, minutes = (int(part) for part in self.start.split(":"))
+        begin = WEEKDAYS.index(self.day) * 1440 + hours * 60 + minutes
+        return (minute - begin) % _WEEK_MIN < self.duration_min
 
 
 class GovernanceConfig(_Frozen):
     schema_version: Literal[1] = 1
+    name: str | None = Field(
+        default=None, description="A human label for this version (not part of its hash)."
+    )
+    maintenance_windows: tuple[MaintenanceWindow, ...] = Field(
+        default=(),
+        description="Weekly UTC windows in which a model or version swap may apply; none "
+        "means a swap is always held unless forced.",
+    )
     require_version_pins: bool = True
     roles: dict[ModelRole, RoleConfig]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
@@ -475,6 +580,24 @@ class GovernanceConfig(_Frozen):
     accounting: AccountingConfig = Field(default_factory=AccountingConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+
+    def version_id(self) -> str:
+        """`sha256:` + 12 hex of the validated config as canonical JSON (sorted keys, every
+        default filled in, `name` left out): equal settings give equal ids, however written.
+        Memoised per instance (frozen), since every decision and reply is stamped with it."""
+        known = _VERSION_IDS.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
+        content = self.model_dump(mode="json", exclude={"name"})
+        digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        version = f"sha256:{digest[:12]}"
+        if len(_VERSION_IDS) >= _VERSION_MEMO:
+            _VERSION_IDS.clear()
+        _VERSION_IDS[id(self)] = (self, version)
+        return version
+
+    def in_maintenance_window(self, now: datetime) -> bool:
+        return any(window.contains(now) for window in self.maintenance_windows)
 
     def known_tenants(self) -> frozenset[str]:
         return frozenset({*self.tenancy.tenants, *self.budgets.tenants, *self.knowledge.tenants})
@@ -578,6 +701,11 @@ class GovernanceConfig(_Frozen):
         return self
 
 
+_VERSION_MEMO = 64
+_VERSION_IDS: dict[int, tuple[GovernanceConfig, str]] = {}
+"""id -> (the config itself, its version id); holding the config keeps its id unique."""
+
+
 def load_governance(path: Path) -> GovernanceConfig:
     """Read and validate the governance file, raising ConfigError that names the field."""
     try:
@@ -589,6 +717,7 @@ def load_governance(path: Path) -> GovernanceConfig:
         msg = f"governance config {path} is not valid YAML: {exc}"
         raise ConfigError(msg) from exc
     try:
-        return GovernanceConfig.model_validate(raw)
+        # Relative paths in the file (knowledge.bases) are relative to the file.
+        return GovernanceConfig.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(f"governance config {path}", exc)) from exc

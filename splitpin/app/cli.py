@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from splitpin import __version__
+from splitpin.app.canary_cli import canary_app
+from splitpin.app.governance_cli import governance_app
 from splitpin.app.router_cli import router_app
 from splitpin.core.redaction import check_secret_env, install_log_redaction
 from splitpin.core.settings import Settings, load_settings
-from splitpin.errors import ConfigError, SplitpinError
+from splitpin.errors import ConfigError, SplitpinError, describe_validation_error
 
 app = typer.Typer(
     help="Kafka-native routing layer for support-conversation language models.",
@@ -49,6 +52,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(config_app, name="config")
 app.add_typer(router_app, name="router")
+app.add_typer(governance_app, name="governance")
+app.add_typer(canary_app, name="canary")
 
 
 def _settings() -> Settings:
@@ -56,12 +61,41 @@ def _settings() -> Settings:
 
 
 @broker_app.command("start")
-def broker_start() -> None:
+def broker_start(
+    sasl_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also listen with SASL_PLAINTEXT (PLAIN) here (SPLITPIN_BROKER__SASL_PORT)."
+        ),
+    ] = None,
+    sasl_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="USER=PASSWORD accepted on the SASL port; repeatable. Prefer "
+            'SPLITPIN_BROKER__SASL_USERS=\'{"user":"password"}\': a command line is visible to ps.'
+        ),
+    ] = None,
+) -> None:
     """Start the broker (resolving jars and formatting storage on first use); wait until ready."""
     from splitpin.core.kafka.broker import LocalBroker
 
-    broker = LocalBroker(_settings().broker)
-    typer.echo(broker.start())
+    settings = _settings().broker
+    users = dict(settings.sasl_users)
+    for item in sasl_user or []:
+        name, sep, password = item.partition("=")
+        if not sep:
+            msg = f"--sasl-user expects USER=PASSWORD, got {name!r} without '='"
+            raise ConfigError(msg)
+        users[name] = password
+    if sasl_port is not None or users != settings.sasl_users:
+        try:
+            settings = settings.model_validate(
+                {**settings.model_dump(), "sasl_users": users}
+                | ({"sasl_port": sasl_port} if sasl_port is not None else {})
+            )
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error("broker", exc)) from exc
+    typer.echo(LocalBroker(settings).start())
 
 
 @broker_app.command("stop")
@@ -129,10 +163,36 @@ def run(
             "records (re-processes every input from the beginning).",
         ),
     ] = False,
+    canary: Annotated[
+        Path | None,
+        typer.Option(
+            "--canary",
+            exists=True,
+            dir_okay=False,
+            help="Run a canary of this candidate governance file instead: it mirrors a sample "
+            "of the events topic's conversations and writes only to its canary.topic_prefix "
+            "topics (docs/operations.md#canary).",
+        ),
+    ] = None,
 ) -> None:
     """Run the routing dataflow (with Bytewax recovery unless --no-recovery)."""
     from splitpin.app.runner import run_flow
 
+    if canary is not None:
+        from splitpin.app.canary import run_canary
+
+        if process_id is not None or addresses:
+            msg = "--canary runs in one process: drop --process-id/--addresses"
+            raise ConfigError(msg)
+        run_canary(
+            _settings(),
+            canary,
+            workers=workers,
+            recovery=not no_recovery,
+            tail=not until_eof,
+            reset=reset,
+        )
+        return
     run_flow(
         _settings(),
         workers=workers,
@@ -190,15 +250,61 @@ def config_validate(
     ] = None,
 ) -> None:
     """Validate a governance file; exit 2 naming the field on any error (everything `run`
-    rejects in it, including intents the classifier's trained artifacts do not know)."""
+    rejects in it, including intents the classifier's trained artifacts do not know and
+    a bad line of a knowledge-base file under knowledge.bases, named file:line)."""
     from splitpin.core.router.classifier import check_artifacts
+    from splitpin.providers.knowledge_base import check_kb_files
     from splitpin.schemas.governance import load_governance
 
     target = path or _settings().governance_file
     config = load_governance(target)
     check_artifacts(config.classifier, config.routing)
+    for name, count in check_kb_files(config.knowledge).items():
+        typer.echo(f"knowledge base {name}: {count} articles ({config.knowledge.bases[name]})")
     pinned = ", ".join(f"{name}={role.pinned_id}" for name, role in sorted(config.roles.items()))
     typer.echo(f"{target}: valid ({pinned})")
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Governance file (default: settings' governance_path).")
+    ] = None,
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Ask each provider endpoint for its models.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Validate the file, then with --remote list each remote endpoint's models and flag
+    pinned versions it does not serve (exit 1); a role without its key is skipped."""
+    import dataclasses
+
+    import orjson
+
+    from splitpin.core.router.classifier import check_artifacts
+    from splitpin.providers.registry import check_remote
+    from splitpin.schemas.governance import load_governance
+
+    target = path or _settings().governance_file
+    config = load_governance(target)
+    check_artifacts(config.classifier, config.routing)
+    checks = check_remote(config, os.environ) if remote else []
+    failed = any(c.status in ("missing_pins", "error") for c in checks)
+    if as_json:
+        report = {
+            "file": str(target),
+            "ok": not failed,
+            "endpoints": [dataclasses.asdict(c) for c in checks],
+        }
+        typer.echo(orjson.dumps(report).decode())
+    else:
+        typer.echo(f"{target}: valid" + ("" if remote else " (pass --remote to ask providers)"))
+        for c in checks:
+            roles = ", ".join(f"{role}={pin}" for role, pin in c.pins.items())
+            typer.echo(f"{c.provider} {c.base_url} ({c.key_variable}): {c.status}: {c.message}")
+            typer.echo(f"  roles: {roles}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @config_app.command("init")

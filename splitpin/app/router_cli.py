@@ -48,7 +48,7 @@ def train_command(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Embedding cache (default: $XDG_CACHE_HOME/splitpin/core/router-embeddings)."),
+        typer.Option(help="Embedding cache (default: $XDG_CACHE_HOME/splitpin/router-embeddings)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
 ) -> None:

@@ -32,9 +32,11 @@ from bytewax.run import cli_main
 
 from splitpin.app.recovery import StartMode, decide_start, read_state
 from splitpin.core import metrics
+from splitpin.core.governance_store import GovernanceFollower, effective_governance
 from splitpin.core.kafka.admin import check_flow_topics, topic_record_counts
+from splitpin.core.kafka.client_config import client_config
 from splitpin.core.settings import Settings
-from splitpin.flows.routing_flow import build_flow
+from splitpin.flows.routing_flow import CanaryMode, build_flow
 from splitpin.flows.sink import WRITES
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,13 @@ def ensure_recovery_dir(path: Path, partitions: int) -> None:
     log.info("initialised %d recovery partition(s) in %s", partitions, path)
 
 
-def check_start(settings: Settings, *, recovery: bool, reset: bool) -> StartMode | None:
-    """Every start-up check, before anything is built; StartupError names what to fix."""
-    check_flow_topics(settings)
+def check_start(
+    settings: Settings, *, recovery: bool, reset: bool, check_topics: bool = True
+) -> StartMode | None:
+    """Every start-up check, before anything is built; StartupError names what to fix.
+    (A canary checks its topics itself: splitpin/app/canary.py.)"""
+    if check_topics:
+        check_flow_topics(settings)
     if not recovery:
         return None
     state = read_state(settings.recovery_dir)
@@ -63,7 +69,10 @@ def check_start(settings: Settings, *, recovery: bool, reset: bool) -> StartMode
     if not state.present:
         topics = [settings.topic(name) for name in OWN_OUTPUTS]
         earlier = topic_record_counts(
-            settings.bootstrap_servers, topics, settings.startup_timeout_s
+            settings.bootstrap_servers,
+            topics,
+            settings.startup_timeout_s,
+            config=client_config(settings),
         )
     mode = decide_start(state, earlier, reset=reset)
     log.info("recovery: %s (%s)", mode.value, settings.recovery_dir)
@@ -83,10 +92,12 @@ class ShutdownWatcher:
         *,
         close_sink: Callable[[float], bool] = WRITES.close,
         exit: Callable[[int], object] = os._exit,
+        reexec: Callable[[], object] | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._close_sink = close_sink
         self._exit = exit
+        self._reexec = reexec or _reexec
         self._requested = threading.Event()
 
     def install(self) -> None:
@@ -131,11 +142,38 @@ class ShutdownWatcher:
             )
             self._finish(1)
 
+    def restart(self, version: str) -> None:
+        """Another governance version was applied: stop at a safe point as for a signal (the
+        sink's batch acknowledged, the next one held back), then run the same command again
+        in this process (exec), which reads the new version at start-up and resumes from
+        the last snapshot; state (ledgers, conversations) is the snapshot's."""
+        if self._requested.is_set():
+            return  # a stop is already under way
+        self._requested.set()
+        log.warning(
+            "governance %s: restarting under it (waiting up to %g s for the sink's batch)",
+            version,
+            self._timeout_s,
+        )
+        if not self._close_sink(self._timeout_s):
+            log.error("the sink's batch was not acknowledged; exiting instead of restarting")
+            self._finish(1)
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        self._reexec()
+
     def _finish(self, status: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         self._exit(status)
+
+
+def _reexec() -> None:
+    """This process becomes the same command again (same pid, arguments, environment)."""
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:
@@ -151,12 +189,21 @@ def run_flow(
     recovery: bool = True,
     tail: bool = True,
     reset: bool = False,
+    canary: CanaryMode | None = None,
 ) -> None:
     """Validate config and the start-up conditions (fail fast, naming the fix), then run."""
     _ = settings.governance
-    ShutdownWatcher(settings.shutdown_timeout_s).install()
-    check_start(settings, recovery=recovery, reset=reset)
-    flow = build_flow(settings, tail=tail)
+    watcher = ShutdownWatcher(settings.shutdown_timeout_s)
+    watcher.install()
+    check_start(settings, recovery=recovery, reset=reset, check_topics=canary is None)
+    # The version in force is the governance topic's (`splitpin governance apply`); the
+    # follower re-executes the process at a safe point when another one is applied.
+    # A canary runs its candidate file, always.
+    governance = settings.governance if canary is not None else effective_governance(settings)
+    log.info("governance %s in force", governance.version_id())
+    if canary is None and settings.governance_poll_s > 0:
+        GovernanceFollower(settings, governance.version_id(), watcher.restart).start()
+    flow = build_flow(settings, tail=tail, governance=governance, canary=canary)
     recovery_config = None
     if recovery:
         ensure_recovery_dir(settings.recovery_dir, settings.recovery_partitions)

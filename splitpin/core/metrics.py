@@ -2,6 +2,13 @@
 
 Names end in `_total` / `_seconds`; labels are bounded sets (reason codes, roles,
 channels, topics): never a conversation, tenant-user or event id.
+
+Model-call metrics carry the OpenTelemetry GenAI attributes as Prometheus labels, named
+the way OpenTelemetry's Prometheus exporter translates them (dots become underscores):
+`gen_ai.provider.name` -> `gen_ai_provider_name` (anthropic, openai, local),
+`gen_ai.request.model` -> `gen_ai_request_model` (the role's pinned id; `local-<role>` for
+the local fleet), `error.type` -> `error_type`. Their values come from the configured roles
+(`declare_role`, called by the provider registry), so they stay bounded.
 """
 
 from __future__ import annotations
@@ -9,10 +16,24 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 if TYPE_CHECKING:
     from splitpin.schemas.metrics import CostRecord
+
+# Before any metric exists: counters and histograms would each export a `_created` series
+# (a timestamp per child) that no dashboard reads and that doubles the series count.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
+PROVIDER = "gen_ai_provider_name"
+REQUEST_MODEL = "gen_ai_request_model"
+LOCAL_PROVIDER = "local"
 
 # Buckets resolve the 15 ms decision budget finely and still show slow outliers.
 DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
@@ -71,18 +92,27 @@ SINK_FLUSH_SECONDS = Histogram(
 )
 
 MODEL_CALLS = Counter(
-    "splitpin_model_calls_total", "Model calls that returned a result.", ["role", "model"]
+    "splitpin_model_calls_total",
+    "Model calls that returned a result.",
+    ["role", "model", PROVIDER, REQUEST_MODEL],
 )
 MODEL_CALL_SECONDS = Histogram(
     "splitpin_model_call_seconds",
     "Provider latency per call (emulated for the local fleet when emulation is on).",
-    ["role"],
+    ["role", PROVIDER, REQUEST_MODEL],
     buckets=CALL_BUCKETS,
 )
 MODEL_TOKENS = Counter(
-    "splitpin_model_tokens_total", "Tokens billed, by model and direction.", ["model", "direction"]
+    "splitpin_model_tokens_total",
+    "Tokens billed, by model and direction (in, out: gen_ai.token.type input, output).",
+    ["model", "direction", PROVIDER, REQUEST_MODEL],
 )
-MODEL_COST = Counter("splitpin_model_cost_usd_total", "Cost of model calls in USD.", ["model"])
+MODEL_COST = Counter(
+    "splitpin_model_cost_usd_total",
+    'Cost of model calls in USD; emulated="true" for the local fleet\'s list-price '
+    "emulation, which no provider bills.",
+    ["model", PROVIDER, REQUEST_MODEL, "emulated"],
+)
 REPLY_SECONDS = Histogram(
     "splitpin_reply_seconds",
     "From the routing decision to a reply's emission: time to preliminary and to final.",
@@ -103,14 +133,15 @@ CALLS_QUEUED = Gauge(
 )
 MODEL_CALL_FAILURES = Counter(
     "splitpin_model_call_failures_total",
-    "Remote model calls that ended without a result (retries spent), by pinned model and "
-    "error type (a fixed set, splitpin.providers.resilience.ErrorType).",
-    ["model", "error_type"],
+    "Remote model calls that ended without a result (retries spent), by provider, pinned "
+    "model and error type (a fixed set, splitpin.providers.resilience.ErrorType).",
+    [PROVIDER, REQUEST_MODEL, "error_type"],
 )
 MODEL_CALL_RETRIES = Counter(
     "splitpin_model_call_retries_total",
-    "Retries of a remote model call, by pinned model and the error type that caused them.",
-    ["model", "reason"],
+    "Retries of a remote model call, by provider, pinned model and the error type that "
+    "caused them.",
+    [PROVIDER, REQUEST_MODEL, "reason"],
 )
 BREAKER_STATE = Gauge(
     "splitpin_model_breaker_state",
@@ -119,13 +150,34 @@ BREAKER_STATE = Gauge(
 )
 
 
+_ROLES: dict[str, tuple[str, str]] = {}
+"""role -> (provider, requested model) of the backend answering it in this process."""
+
+
+def declare_role(role: str, provider: str, request_model: str) -> None:
+    """Record which provider and pinned model answer `role` (the registry, at start-up)."""
+    _ROLES[role] = (provider, request_model)
+
+
+def gen_ai_labels(record: CostRecord) -> tuple[str, str]:
+    """(provider, requested model) of a call: the local fleet's own when it answered
+    (emulated), else the declared role's; an undeclared role falls back to its model."""
+    if record.emulated:
+        return LOCAL_PROVIDER, record.model
+    return _ROLES.get(record.role, ("unknown", record.model))
+
+
 def observe_call(record: CostRecord) -> None:
     """One model call's cost record into the call, token and cost counters."""
-    count(MODEL_CALLS, record.role, record.model)
-    MODEL_CALL_SECONDS.labels(record.role).observe(record.latency_ms / 1000)
-    count(MODEL_TOKENS, record.model, "in", amount=record.tokens_in)
-    count(MODEL_TOKENS, record.model, "out", amount=record.tokens_out)
-    count(MODEL_COST, record.model, amount=record.cost_usd)
+    provider, request_model = gen_ai_labels(record)
+    count(MODEL_CALLS, record.role, record.model, provider, request_model)
+    MODEL_CALL_SECONDS.labels(record.role, provider, request_model).observe(
+        record.latency_ms / 1000
+    )
+    count(MODEL_TOKENS, record.model, "in", provider, request_model, amount=record.tokens_in)
+    count(MODEL_TOKENS, record.model, "out", provider, request_model, amount=record.tokens_out)
+    emulated = "true" if record.emulated else "false"
+    count(MODEL_COST, record.model, provider, request_model, emulated, amount=record.cost_usd)
 
 
 def observe_reply(kind: str, route: str, seconds: float) -> None:
@@ -159,4 +211,20 @@ PROCESSING_ERRORS = Counter(
     "Records a step's logic raised for (dead-lettered as processing_error, or the flow "
     "stopped), by step and exception type.",
     ["step", "error_type"],
+)
+CANARY_AGREEMENT = Gauge(
+    "splitpin_canary_agreement_ratio",
+    "`splitpin canary watch`, last closed window: share of final replies where canary and "
+    "primary cite the same sources. route: the primary's route label or `overall`.",
+    ["route"],
+)
+CANARY_P95_RATIO = Gauge(
+    "splitpin_canary_p95_ratio",
+    "Last closed window: canary / primary time to final reply, p95 (+Inf: primary was 0).",
+    ["route"],
+)
+CANARY_COST_RATIO = Gauge(
+    "splitpin_canary_cost_ratio",
+    "Last closed window: canary / primary cost per conversation.",
+    ["route"],
 )

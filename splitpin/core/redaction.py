@@ -27,9 +27,27 @@ from splitpin.errors import ConfigError
 
 REDACTED = "[REDACTED]"
 
-SECRET_VARIABLES: tuple[str, ...] = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
-"""Environment variables holding secrets: the provider keys read by splitpin/providers/registry.py.
-A Kafka SASL password, once configured, belongs here too."""
+SECRET_VARIABLES: tuple[str, ...] = (
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "SPLITPIN_KAFKA__SASL_PASSWORD",
+)
+"""Environment variables holding secrets: the provider keys read by splitpin/providers/registry.py
+and the Kafka SASL password (Settings.kafka, also registered by `security_config`)."""
+
+_extra_variables: list[str] = []
+
+
+def register_secret_variable(name: str) -> None:
+    """Add a variable holding a secret (a role's `api_key_env`) to the start-up check."""
+    if name not in SECRET_VARIABLES and name not in _extra_variables:
+        _extra_variables.append(name)
+
+
+def secret_variables() -> tuple[str, ...]:
+    """Every variable `check_secret_env` checks by default: the vendors' and the registered."""
+    return (*SECRET_VARIABLES, *_extra_variables)
+
 
 MIN_SECRET_CHARS = 8
 """Shorter forms are not redacted: they would blank ordinary words in every log line, and
@@ -136,15 +154,18 @@ def redact_exception(exc: E) -> E:
     return exc
 
 
-def check_secret_env(env: Mapping[str, str], names: Iterable[str] = SECRET_VARIABLES) -> None:
+def check_secret_env(env: Mapping[str, str], names: Iterable[str] | None = None) -> None:
     """Register every configured secret; refuse one with whitespace or control characters.
+
+    `names` defaults to `secret_variables()`: the vendors' variables plus every role's
+    `api_key_env` registered so far (splitpin/providers/registry.py registers them).
 
     A key read from a mounted secret file often ends in a newline: the HTTP library then
     rejects the header and quotes the key in its error. Refusing at start-up is clearer
     than a storm of failed calls. The error names the variable, never the value.
     """
     bad: list[str] = []
-    for name in names:
+    for name in secret_variables() if names is None else names:
         value = env.get(name)
         if not value:
             continue

@@ -8,13 +8,22 @@ same variable drives the tests, the CLI and docker-compose.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitpin.defaults import GOVERNANCE_FILE
@@ -51,6 +60,14 @@ class TopicNames(BaseModel):
     dead_letter: str = Field(
         default="conversations.dead-letter", description="Malformed input, with reasons."
     )
+    governance: str = Field(
+        default="governance",
+        description="Compacted: the applied governance config (key `current`), a held one "
+        "(key `pending`).",
+    )
+    governance_audit: str = Field(
+        default="governance.audit", description="GovernanceAudit: every applied or held change."
+    )
 
 
 class BrokerSettings(BaseModel):
@@ -72,6 +89,84 @@ class BrokerSettings(BaseModel):
     )
     heap: str = Field(default="512m", description="JVM -Xmx.")
     start_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long to answer.")
+    sasl_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also listen with SASL_PLAINTEXT (mechanism PLAIN) on this port; the "
+        "PLAINTEXT port stays for the controller and readiness checks.",
+    )
+    sasl_users: dict[str, str] = Field(
+        default_factory=dict,
+        description='User -> password accepted on the SASL port, e.g. \'{"splitpin":"pw"}\'.',
+    )
+
+    @field_validator("sasl_users")
+    @classmethod
+    def _jaas_safe(cls, users: dict[str, str]) -> dict[str, str]:
+        """Names and passwords are written into a JAAS line of server.properties (read by
+        Java as ISO-8859-1): printable ASCII only, without quotes, backslashes, `;` or `=`
+        (the error never quotes a password)."""
+        for name, password in users.items():
+            for what, value in (("user name", name), ("password", password)):
+                if not value or any(ch in '"\\;=' or not "!" <= ch <= "~" for ch in value):
+                    shown = repr(name) if what == "user name" else f"of {name!r}"
+                    msg = f"sasl_users: {what} {shown} is empty or not printable ASCII "
+                    msg += "without quotes, backslashes, ';' or '='"
+                    raise ValueError(msg)
+        return users
+
+
+class KafkaClientSettings(BaseModel):
+    """Security and any other librdkafka setting for every Kafka client splitpin creates.
+
+    `splitpin.core.kafka.client_config.client_config` turns this into the client dict; the
+    password stays a SecretStr so no dump, repr or log line shows it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        default=None, description="librdkafka security.protocol (default: PLAINTEXT)."
+    )
+    sasl_mechanism: str | None = Field(
+        default=None, description="sasl.mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512."
+    )
+    sasl_username: str | None = Field(default=None, description="sasl.username.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="sasl.password; never logged or shown."
+    )
+    ssl_ca_location: Path | None = Field(
+        default=None, description="ssl.ca.location: CA bundle to verify the brokers."
+    )
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description='Any other librdkafka client key, as JSON: \'{"client.dns.lookup":'
+        '"use_all_dns_ips"}\'. Applied last, to every client.',
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _not_owned(
+        cls, extra: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        """Keys with their own setting are refused here, so each has one source of truth."""
+        owned = {
+            "bootstrap.servers": "SPLITPIN_BOOTSTRAP_SERVERS",
+            "security.protocol": "SPLITPIN_KAFKA__SECURITY_PROTOCOL",
+            "sasl.mechanism": "SPLITPIN_KAFKA__SASL_MECHANISM",
+            "sasl.mechanisms": "SPLITPIN_KAFKA__SASL_MECHANISM",
+            "sasl.username": "SPLITPIN_KAFKA__SASL_USERNAME",
+            "sasl.password": "SPLITPIN_KAFKA__SASL_PASSWORD",
+            "ssl.ca.location": "SPLITPIN_KAFKA__SSL_CA_LOCATION",
+            "logger": "splitpin's own logger",
+            "error_cb": "splitpin's own error callback",
+        }
+        clashes = [f"{key} (use {owned[key]})" for key in extra if key in owned]
+        if clashes:
+            msg = f"extra: set {', '.join(clashes)}, not through extra"
+            raise ValueError(msg)
+        return extra
 
 
 class Settings(BaseSettings):
@@ -102,11 +197,25 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Partitions created on first run; fixed afterwards."
     )
     snapshot_interval_s: float = Field(default=2.0, gt=0, description="Epoch/snapshot length.")
+    governance_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often `splitpin run` checks the governance topic; on a new version "
+        "it lets the sink's batch finish and re-executes itself, resuming from the last "
+        "snapshot under the new version. 0: only at start-up.",
+    )
     backup_interval_s: float = Field(
         default=0.0, ge=0, description="Keep superseded snapshots this long (for backups)."
     )
 
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables the endpoint.")
+    canary_recovery_dir: Path = Field(
+        default=Path(".splitpin/canary-recovery"),
+        description="`splitpin run --canary`: the canary's own snapshots (never the primary's).",
+    )
+    canary_metrics_port: int = Field(
+        default=9465, ge=0, le=65535, description="`splitpin run --canary`: its metrics port."
+    )
     max_event_bytes: int = Field(
         default=64 * 1024, ge=256, description="Larger events dead-letter."
     )
@@ -172,6 +281,7 @@ class Settings(BaseSettings):
         "init` writes an editable copy).",
     )
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    kafka: KafkaClientSettings = Field(default_factory=KafkaClientSettings)
 
     def topic(self, name: str) -> str:
         """The physical topic for a logical name in `TopicNames`."""
@@ -199,6 +309,12 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, dict):
                 for sub, subvalue in value.items():
+                    if subvalue is None:
+                        continue
+                    if isinstance(subvalue, SecretStr):  # the child needs the real value
+                        subvalue = subvalue.get_secret_value()
+                    elif isinstance(subvalue, dict):
+                        subvalue = json.dumps(subvalue)
                     env[f"SPLITPIN_{name.upper()}__{sub.upper()}"] = str(subvalue)
             else:
                 env[f"SPLITPIN_{name.upper()}"] = str(value)
