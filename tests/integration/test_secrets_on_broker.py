@@ -23,8 +23,10 @@ from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.redaction import SECRETS, RedactingFilter, variants
 from splitpin.core.router.classifier import Classifier
 from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.errors import ConfigError
 from splitpin.flows.routing_flow import build_flow
 from splitpin.flows.sink import CheckedKafkaSink, OutRecord
+from splitpin.providers import setup as provider_setup
 from splitpin.schemas import decode
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
@@ -98,6 +100,19 @@ def test_a_key_with_a_trailing_newline_reaches_no_topic_and_no_log_line(
 
     from bytewax.testing import run_main
 
+    # First line of defence: the flow refuses to start, naming the variables, never a value.
+    with pytest.raises(ConfigError) as refused:
+        build_flow(settings, classifier=classifier, tail=False)
+    assert "ANTHROPIC_API_KEY" in str(refused.value) and "OPENAI_API_KEY" in str(refused.value)
+    assert anthropic_core not in str(refused.value) and openai_core not in str(refused.value)
+
+    # The layers behind it, should a bad key get past that check: register, do not refuse.
+    def register_only(env: Any, names: Any = None) -> None:
+        for name in names or ():
+            if env.get(name):
+                SECRETS.register(env[name])
+
+    monkeypatch.setattr(provider_setup, "check_secret_env", register_only)
     run_main(build_flow(settings, classifier=classifier, tail=False))
 
     records = _everything_on(settings)

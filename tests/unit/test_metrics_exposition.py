@@ -90,13 +90,19 @@ def _model_samples(name: str) -> list[dict[str, str]]:
 def test_model_calls_carry_the_gen_ai_labels_and_emulated_cost(exposition: bytes) -> None:
     """The flow's calls (the local fleet here) are labelled with the provider and requested
     model as OpenTelemetry's GenAI conventions name them, and their cost as emulated."""
+    # The registry is process-wide: earlier tests' remote calls are in it too, so look at
+    # the local fleet's samples, and check that every local sample is labelled as such.
     calls = _model_samples("splitpin_model_calls_total")
-    assert calls
-    for labels in calls:
-        assert labels["gen_ai_provider_name"] == "local"
+    local = [labels for labels in calls if labels["gen_ai_provider_name"] == "local"]
+    assert local
+    for labels in local:
         assert labels["gen_ai_request_model"] == f"local-{labels['role']}"
+    for labels in calls:
+        is_local = labels["gen_ai_request_model"].startswith("local-")
+        assert is_local == (labels["gen_ai_provider_name"] == "local")
     costs = _model_samples("splitpin_model_cost_usd_total")
-    assert costs and all(labels["emulated"] == "true" for labels in costs)
+    local_costs = [labels for labels in costs if labels["gen_ai_provider_name"] == "local"]
+    assert local_costs and all(labels["emulated"] == "true" for labels in local_costs)
     assert {"gen_ai_provider_name", "gen_ai_request_model"} <= set(
         _model_samples("splitpin_model_call_seconds_count")[0]
     )
