@@ -84,3 +84,53 @@ def canary_watch(
     from splitpin.core.settings import load_settings
 
     watch(load_settings(), prefix=prefix, echo=typer.echo)
+
+
+@canary_app.command("promote")
+def canary_promote(
+    candidate: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="The canary's governance file.")
+    ],
+    since: Annotated[
+        str | None, typer.Option(help="ISO time: events published from then on.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time: events published before.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="JSONL gold labels, as for report."),
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help=PREFIX_HELP)] = None,
+    force: Annotated[
+        bool, typer.Option(help="Apply a model swap outside a maintenance window.")
+    ] = False,
+) -> None:
+    """Put CANDIDATE in force for the primary only if the canary report's verdict is PROMOTE
+    (exit 1 otherwise, naming the failed criteria); a model swap is held outside a
+    maintenance window (exit 3) unless --force. The change is audited like any apply."""
+    from splitpin.app.canary_report import load_labels, read_comparison, render
+    from splitpin.app.governance_cli import HELD_EXIT, _command_line
+    from splitpin.app.promotion import promote
+    from splitpin.core.router.classifier import check_artifacts
+    from splitpin.core.settings import load_settings
+    from splitpin.schemas.governance import load_governance
+
+    settings = load_settings()
+    config = load_governance(candidate)
+    check_artifacts(config.classifier, config.routing)
+    comparison = read_comparison(
+        settings,
+        since=_when(since),
+        until=_when(until),
+        labels=load_labels(labels) if labels else None,
+        prefix=prefix,
+    )
+    typer.echo(render(comparison))
+    result = promote(settings, config, comparison, command=_command_line(), force=force)
+    if result.outcome is None:
+        typer.echo(f"not promoted: {', '.join(result.failed)} failed")
+        raise typer.Exit(1)
+    outcome = result.outcome
+    typer.echo(f"{outcome.action}: {outcome.from_version} -> {outcome.to_version}")
+    typer.echo(outcome.message)
+    if outcome.action == "held":
+        raise typer.Exit(HELD_EXIT)
