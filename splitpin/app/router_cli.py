@@ -18,7 +18,7 @@ import typer
 from splitpin.errors import SplitpinError
 
 router_app = typer.Typer(
-    help="The in-process classifier: train its heads, evaluate them on labelled files.",
+    help="The in-process classifier: train, calibrate and evaluate its heads.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -51,6 +51,13 @@ def train_command(
         typer.Option(help="Embedding cache (default: $XDG_CACHE_HOME/splitpin/router-embeddings)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
+    calibrate_after: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Refit calibration.json for the new heads (the old one no longer loads).",
+        ),
+    ] = True,
 ) -> None:
     """Fit the heads on banking77 and CLINC150 (validation splits only for selection)."""
     from splitpin.core.router.classifier import resolve_artifacts_dir
@@ -77,6 +84,53 @@ def train_command(
         for name in (*manifest["files"], "manifest.json")
     )
     typer.echo(f"wrote {target}: {sizes}")
+    if calibrate_after:
+        from splitpin.app.calibrate import calibrate
+
+        try:
+            calibrate(
+                data_dir or DEFAULT_DATA_DIR,
+                governance,
+                out_dir=target,
+                command=_command_line(),
+                echo=typer.echo,
+            )
+        except SplitpinError as exc:
+            raise _fail(exc) from exc
+
+
+@router_app.command("calibrate")
+def calibrate_command(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Shared data folder (default: ../shared/data beside the repo)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Heads folder to calibrate (default: classifier.artifacts_dir)."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the reliability diagrams to this PNG.")
+    ] = None,
+) -> None:
+    """Fit the fleet's confidence maps and the heads' temperatures on half of the held-out
+    rows; write calibration.json beside the heads with ECE figures on the other half."""
+    from splitpin.app.calibrate import calibrate
+    from splitpin.core.router.train import DEFAULT_DATA_DIR
+    from splitpin.core.settings import load_settings
+
+    try:
+        governance = load_settings().governance
+        calibrate(
+            data_dir or DEFAULT_DATA_DIR,
+            governance,
+            out_dir=out,
+            command=_command_line(),
+            plot=plot,
+            echo=typer.echo,
+        )
+    except SplitpinError as exc:
+        raise _fail(exc) from exc
 
 
 @router_app.command("eval")

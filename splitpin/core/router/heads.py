@@ -150,15 +150,107 @@ class LinearHead:
     w_txt: FloatArray  # (V, K), already scaled by the text-feature weight used in training
     bias: FloatArray  # (K,)
 
-    def proba(self, embedding: FloatArray, row: SparseRow) -> npt.NDArray[np.float64]:
-        """Class probabilities for one text (float64 softmax for a stable argmax)."""
+    def logits(self, embedding: FloatArray, row: SparseRow) -> npt.NDArray[np.float64]:
+        """The pre-softmax scores for one text (what temperature scaling divides)."""
         logits = self.bias + embedding @ self.w_emb
         if row.indices.size:
             logits = logits + row.values @ self.w_txt[row.indices]
-        z = logits.astype(np.float64)
-        z -= z.max()
-        p = np.exp(z)
-        return np.asarray(p / p.sum(), dtype=np.float64)
+        return np.asarray(logits, dtype=np.float64)
+
+    def proba(
+        self, embedding: FloatArray, row: SparseRow, temperature: float = 1.0
+    ) -> npt.NDArray[np.float64]:
+        """Class probabilities for one text (float64 softmax for a stable argmax).
+
+        `temperature` 1.0 is the trained head the routing thresholds were tuned on; the
+        calibrated temperature (artifacts/calibration.json) gives probabilities that
+        match observed accuracy. Dividing by T > 0 never changes the argmax."""
+        return softmax(self.logits(embedding, row), temperature)
+
+
+def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> npt.NDArray[np.float64]:
+    """Softmax over the last axis of logits / temperature, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    if temperature != 1.0:
+        z = z / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return np.asarray(p / p.sum(axis=-1, keepdims=True), dtype=np.float64)
+
+
+# --- Calibration: temperature scaling and expected calibration error ---------------------
+#
+# A logistic head trained to convergence with a strong C is over-confident on new text;
+# one scalar T fitted on rows training never saw (minimum negative log-likelihood) fixes
+# the scale without touching the ranking. Fitting and figures live here (numpy only) so the
+# router and the local fleet's calibration (splitpin/providers/calibration.py) share them.
+
+ECE_BINS = 10
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def negative_log_likelihood(
+    logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float = 1.0
+) -> float:
+    """Mean -log p(true class) of softmax(logits / T); labels are column indices."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    y = np.asarray(labels, dtype=np.intp)
+    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike, iterations: int = 80) -> float:
+    """The T minimising the NLL: golden-section search on log T (the NLL is convex in 1/T,
+    unimodal in log T), deterministic, rounded to 4 decimals for a reproducible artifact."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or len(z) == 0:
+        msg = "fit_temperature needs a non-empty (n, K) array of logits"
+        raise ValueError(msg)
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def loss(log_t: float) -> float:
+        return negative_log_likelihood(z, labels, math.exp(log_t))
+
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(iterations):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return round(math.exp((lo + hi) / 2.0), 4)
+
+
+def reliability_bins(
+    confidence: npt.ArrayLike, correct: npt.ArrayLike, bins: int = ECE_BINS
+) -> list[tuple[int, float, float]]:
+    """Per equal-width bin of [0, 1]: (count, mean confidence, accuracy); 1.0 is in the last."""
+    c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    y = np.asarray(correct, dtype=np.float64)
+    index = np.minimum((c * bins).astype(np.intp), bins - 1)
+    out: list[tuple[int, float, float]] = []
+    for b in range(bins):
+        mask = index == b
+        n = int(mask.sum())
+        out.append((n, float(c[mask].mean()) if n else 0.0, float(y[mask].mean()) if n else 0.0))
+    return out
+
+
+def expected_calibration_error(
+    confidence: npt.ArrayLike, correct: npt.ArrayLike, bins: int = ECE_BINS
+) -> float:
+    """Sum over bins of (share of samples) x |accuracy - mean confidence|: 0 is calibrated."""
+    table = reliability_bins(confidence, correct, bins)
+    total = sum(n for n, _, _ in table)
+    if total == 0:
+        return 0.0
+    return float(sum(n * abs(acc - conf) for n, conf, acc in table) / total)
 
 
 def quantize_int8(weights: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int8], FloatArray]:

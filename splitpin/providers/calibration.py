@@ -1,0 +1,307 @@
+"""Calibrated confidence: raw confidence -> probability that the answer is right.
+
+The local fleet's `confidence` is a logistic of a score margin (local_fleet.py): it ranks
+answers well but its scale is only roughly a probability, and the router's heads are
+over-confident softmaxes. A verification policy that accepts the fast answer when its
+probability of being right clears a bound needs real probabilities, so:
+
+* each answering role of the local fleet gets a monotone (isotonic) map raw confidence ->
+  P(the cited article is the gold intent's), fitted by pool-adjacent-violators;
+* the router's intent and domain heads get one temperature each (heads.fit_temperature).
+
+Both are fitted by `splitpin router calibrate` on a calibration half of rows training never
+saw and measured on the other half (docs/calibration.md); they ship as
+`splitpin/core/router/artifacts/calibration.json`, applied here with numpy interpolation.
+Remote providers report a logprob-derived confidence that has no fitted map: it passes
+through unchanged (there is no labelled traffic of theirs to fit one on).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from splitpin.core.router.classifier import resolve_artifacts_dir
+from splitpin.core.router.heads import MANIFEST, sha256_file
+from splitpin.errors import ConfigError
+from splitpin.schemas.governance import ClassifierConfig
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FORMAT = 1
+PROBABILITY_DECIMALS = 4
+LOCAL_PROVIDER = "local"
+FLEET_ROLES = ("fast", "verifier", "long_context", "compliance")
+"""The local fleet's answering roles (the summarizer cites nothing, so has no map)."""
+_HINT = "run `splitpin router calibrate` to create it"
+
+
+def pool_adjacent_violators(
+    x: npt.ArrayLike, y: npt.ArrayLike, min_count: int = 1
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Isotonic (non-decreasing) least-squares fit of y on x, as interpolation knots.
+
+    Equal x values are pooled first (they must get one value); adjacent blocks whose means
+    decrease are merged until none do. Each block contributes its lowest and highest x at
+    its mean, so `np.interp` over the knots is the step fit with linear ramps between
+    blocks (as scikit-learn's IsotonicRegression predicts): monotone, within [min y, max y].
+    `min_count` then merges each block of fewer samples into the next (the last into the one
+    before): a merged mean lies between its parts, so the fit stays monotone, with fewer,
+    better-supported steps (plain PAV overfits a few hundred samples).
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1 or xs.size == 0:
+        msg = "pool_adjacent_violators needs two non-empty 1-d arrays of the same length"
+        raise ValueError(msg)
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    unique, start = np.unique(xs, return_index=True)
+    sums = np.add.reduceat(ys, start)
+    counts = np.diff(np.append(start, xs.size)).astype(np.float64)
+    # Blocks: [sum, count, lowest x, highest x]
+    blocks: list[list[float]] = []
+    for u, s, c in zip(unique, sums, counts, strict=True):
+        blocks.append([float(s), float(c), float(u), float(u)])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s2, c2, _, hi2 = blocks.pop()
+            blocks[-1][0] += s2
+            blocks[-1][1] += c2
+            blocks[-1][3] = hi2
+    if min_count > 1:
+        merged: list[list[float]] = []
+        for block in blocks:
+            if merged and merged[-1][1] < min_count:
+                merged[-1][0] += block[0]
+                merged[-1][1] += block[1]
+                merged[-1][3] = block[3]
+            else:
+                merged.append(list(block))
+        if len(merged) > 1 and merged[-1][1] < min_count:
+            s2, c2, _, hi2 = merged.pop()
+            merged[-1][0] += s2
+            merged[-1][1] += c2
+            merged[-1][3] = hi2
+        blocks = merged
+    knots_x: list[float] = []
+    knots_y: list[float] = []
+    for s, c, lo, hi in blocks:
+        value = round(s / c, PROBABILITY_DECIMALS)
+        for point in (lo, hi) if hi > lo else (lo,):
+            knots_x.append(point)
+            knots_y.append(value)
+    return tuple(knots_x), tuple(knots_y)
+
+
+@dataclass(frozen=True, slots=True)
+class IsotonicMap:
+    """A monotone map through knots (x increasing, y non-decreasing), flat beyond the ends."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.x or len(self.x) != len(self.y):
+            msg = "an isotonic map needs as many y knots as x knots, at least one"
+            raise ValueError(msg)
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            msg = "isotonic map knots: x must be non-decreasing"
+            raise ValueError(msg)
+        if any(b < a for a, b in zip(self.y, self.y[1:], strict=False)):
+            msg = "isotonic map knots: y must be non-decreasing"
+            raise ValueError(msg)
+        if min(self.y) < 0.0 or max(self.y) > 1.0:
+            msg = "isotonic map knots: y must lie in [0, 1]"
+            raise ValueError(msg)
+
+    @classmethod
+    def fit(cls, raw: npt.ArrayLike, correct: npt.ArrayLike, min_count: int = 1) -> IsotonicMap:
+        x, y = pool_adjacent_violators(raw, correct, min_count)
+        return cls(x, y)
+
+    def __call__(self, raw: float) -> float:
+        return round(float(np.interp(raw, self.x, self.y)), PROBABILITY_DECIMALS)
+
+    def apply(self, raw: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return np.asarray(np.interp(np.asarray(raw, dtype=np.float64), self.x, self.y))
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"x": list(self.x), "y": list(self.y)}
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """The shipped maps: one isotonic map per fleet role, one temperature per router head."""
+
+    maps: Mapping[str, IsotonicMap]
+    temperatures: Mapping[str, float]  # "intent", "domain"
+    manifest: Mapping[str, Any]
+
+    def probability_right(
+        self, role: str, raw_confidence: float | None, provider: str = LOCAL_PROVIDER
+    ) -> float | None:
+        """P(the answer cites the right article) for a raw confidence; None when unknown.
+
+        Remote providers' confidence passes through (clipped to [0, 1]): nothing was fitted
+        for them. A local role without a map (the summarizer) has no such probability."""
+        if raw_confidence is None:
+            return None
+        if provider != LOCAL_PROVIDER:
+            return round(min(max(float(raw_confidence), 0.0), 1.0), PROBABILITY_DECIMALS)
+        fitted = self.maps.get(role)
+        return None if fitted is None else fitted(float(raw_confidence))
+
+    def temperature(self, head: str) -> float:
+        """The fitted temperature of the router's `intent` or `domain` head (1.0 if absent)."""
+        return float(self.temperatures.get(head, 1.0))
+
+
+MIN_COUNT_GRID = (1, 10, 20, 40, 80)
+"""Smallest isotonic block sizes tried by `fit_isotonic_cv` (0 there means Platt)."""
+PLATT = 0
+CV_FOLDS = 5
+PLATT_KNOTS = 101
+_EPS = 1e-4
+
+
+def _logit(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    q = np.clip(p, _EPS, 1.0 - _EPS)
+    return np.asarray(np.log(q / (1.0 - q)))
+
+
+def fit_platt(raw: npt.ArrayLike, correct: npt.ArrayLike) -> IsotonicMap:
+    """Logistic regression of correctness on logit(raw) (Newton steps, lightly regularised),
+    sampled at PLATT_KNOTS points over the raw range as a knot map. Two parameters: less
+    variance than isotonic steps on a few hundred rows. A decreasing fit is flattened to the
+    base rate (a map must be monotone non-decreasing)."""
+    c = np.asarray(raw, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    design = np.column_stack([np.ones_like(c), _logit(c)])
+    w = np.zeros(2)
+    ridge = 1e-3 * np.eye(2)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        grad = design.T @ (p - y) + ridge @ w
+        hess = design.T @ (design * (p * (1 - p))[:, None]) + ridge
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    lo, hi = float(c.min()), float(c.max())
+    xs = np.linspace(lo, hi, PLATT_KNOTS) if hi > lo else np.array([lo])
+    if w[1] <= 0:
+        ys = np.full_like(xs, float(y.mean()))
+    else:
+        ys = 1.0 / (1.0 + np.exp(-(w[0] + w[1] * _logit(xs))))
+    values = np.maximum.accumulate(np.round(ys, PROBABILITY_DECIMALS))
+    return IsotonicMap(tuple(float(v) for v in xs), tuple(float(v) for v in values))
+
+
+def _fit(c: npt.NDArray[np.float64], y: npt.NDArray[np.float64], choice: int) -> IsotonicMap:
+    return fit_platt(c, y) if choice == PLATT else IsotonicMap.fit(c, y, choice)
+
+
+def fit_isotonic_cv(
+    raw: npt.ArrayLike,
+    correct: npt.ArrayLike,
+    grid: Sequence[int] = (PLATT, *MIN_COUNT_GRID),
+) -> tuple[IsotonicMap, int]:
+    """Among Platt scaling (0) and isotonic maps of each `min_count`, the one with the least
+    cross-validated Brier score on the fitting rows themselves (fold = row index mod
+    CV_FOLDS: deterministic), refitted on all of them; the evaluation rows stay unseen.
+    Ties go to the earlier choice in `grid`. Returns the map and the choice."""
+    c = np.asarray(raw, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    folds = np.arange(len(c)) % CV_FOLDS
+    best: tuple[float, int] | None = None
+    for choice in grid:
+        errors = 0.0
+        for fold in range(CV_FOLDS):
+            train, test = folds != fold, folds == fold
+            if not train.any() or not test.any():
+                continue
+            fitted = _fit(c[train], y[train], choice)
+            errors += float(((fitted.apply(c[test]) - y[test]) ** 2).sum())
+        if best is None or errors < best[0] - 1e-12:
+            best = (errors, choice)
+    chosen = grid[0] if best is None else best[1]
+    return _fit(c, y, chosen), chosen
+
+
+def halves(texts: Sequence[str], labels: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Deterministic stratified halves (calibration, evaluation) of labelled rows: per label,
+    rows ordered by sha256 of their text, alternately assigned (first to calibration), so the
+    split depends on the rows themselves, not on file order or a random generator."""
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    fit: list[int] = []
+    held: list[int] = []
+    for label in sorted(by_label):
+        ordered = sorted(
+            by_label[label], key=lambda i: (hashlib.sha256(texts[i].encode()).hexdigest(), i)
+        )
+        fit.extend(ordered[0::2])
+        held.extend(ordered[1::2])
+    return sorted(fit), sorted(held)
+
+
+def read_calibration(directory: Path) -> Calibration:
+    """Load calibration.json beside the heads; ConfigError if missing, malformed, or fitted
+    for other heads (the maps describe those heads' and that fleet's confidence)."""
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        msg = f"no calibration at {path}; {_HINT}"
+        raise ConfigError(msg)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        fmt = raw["format"]
+        maps = {role: IsotonicMap(tuple(m["x"]), tuple(m["y"])) for role, m in raw["maps"].items()}
+        temperatures = {k: float(v) for k, v in raw["temperatures"].items()}
+        heads_sha = raw["heads"]["manifest_sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        msg = f"{path} is unreadable or incomplete ({exc!r}); {_HINT}"
+        raise ConfigError(msg) from exc
+    if fmt != CALIBRATION_FORMAT:
+        msg = f"{path}: format {fmt}, this splitpin reads {CALIBRATION_FORMAT}; {_HINT}"
+        raise ConfigError(msg)
+    if any(t <= 0 for t in temperatures.values()):
+        msg = f"{path}: temperatures must be positive; {_HINT}"
+        raise ConfigError(msg)
+    actual = sha256_file(directory / MANIFEST) if (directory / MANIFEST).is_file() else None
+    if actual != heads_sha:
+        msg = f"{path} was fitted for heads with manifest sha256 {heads_sha}, not {actual}; {_HINT}"
+        raise ConfigError(msg)
+    return Calibration(maps=maps, temperatures=temperatures, manifest=raw)
+
+
+@functools.cache
+def _cached(directory: Path) -> Calibration:
+    return read_calibration(directory)
+
+
+def calibration_for(classifier: ClassifierConfig) -> Calibration:
+    """The calibration beside the configured heads (`classifier.artifacts_dir`), loaded once."""
+    return _cached(resolve_artifacts_dir(classifier.artifacts_dir))
+
+
+def packaged_calibration() -> Calibration:
+    """The calibration shipped with the packaged heads (loaded once per process)."""
+    return _cached(resolve_artifacts_dir(None))
+
+
+def probability_right(
+    role: str, raw_confidence: float | None, provider: str = LOCAL_PROVIDER
+) -> float | None:
+    """P(right article) for a role's raw confidence, from the packaged calibration.
+
+    For the verification policy (operators/answering.py): None when the confidence is
+    unknown or the role has no map; remote providers' confidence passes through."""
+    return packaged_calibration().probability_right(role, raw_confidence, provider)
