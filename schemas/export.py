@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.dead_letter import DeadLetter
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.events import ConversationEvent
@@ -26,6 +27,7 @@ EXPORTED: dict[str, type[WireModel] | type[GovernanceConfig]] = {
     "cost-record": CostRecord,
     "windowed-cost": WindowedCost,
     "dead-letter": DeadLetter,
+    "audit-sample": AuditSample,
     "governance-config": GovernanceConfig,
 }
 
