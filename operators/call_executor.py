@@ -6,6 +6,10 @@ a daemon thread: `submit` returns a `concurrent.futures.Future` at once, at most
 `max_in_flight` coroutines hold a slot at a time (the rest wait, queued, for a slot), and
 every call has a deadline. The worker polls futures (see operators/model_calls.py).
 
+A call may start later (`delay_s`: a hedge timer; it waits without holding a slot) and be
+cancelled at any time (`cancel`): the asyncio task is cancelled, mid-flight if need be. A
+call that had already finished cannot be cancelled: its result stands (it was billed).
+
 One executor per process: Bytewax workers in one process share it, so the in-flight
 limit is per process, which is what a provider's rate limit sees.
 """
@@ -38,6 +42,7 @@ class CallExecutor:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._queued = 0
+        self._delayed = 0
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
@@ -51,20 +56,54 @@ class CallExecutor:
         """Calls waiting for a slot."""
         return self._queued
 
+    @property
+    def delayed(self) -> int:
+        """Calls whose start time has not come yet (hedge timers)."""
+        return self._delayed
+
     def submit(
-        self, call: Callable[[], Awaitable[T]], *, timeout_s: float | None = None
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        timeout_s: float | None = None,
+        delay_s: float | None = None,
     ) -> Future[T]:
         """Schedule `call()` on the loop; the future fails with CallTimeoutError past the deadline.
 
         The deadline counts from the moment the call gets a slot: waiting in the queue is
-        the operator's backlog, not the provider's slowness.
+        the operator's backlog, not the provider's slowness. With `delay_s` the call joins
+        the queue only that much later (cancelling it before then costs nothing).
         """
+        delay = delay_s if delay_s is not None and delay_s > 0 else None
+        return asyncio.run_coroutine_threadsafe(self._run(call, timeout_s, delay), self._loop)
+
+    @staticmethod
+    def cancel(future: Future[T]) -> bool:
+        """Stop a call (its task is cancelled on the loop); False when it had already
+        finished, so its result, and what it billed, must still be accounted."""
+        return future.cancel()
+
+    async def _run(
+        self, call: Callable[[], Awaitable[T]], timeout_s: float | None, delay_s: float | None
+    ) -> T:
+        # Counted here, not in `submit`: a task cancelled before its first step never runs.
+        if delay_s is not None:
+            with self._lock:
+                self._delayed += 1
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                with self._lock:
+                    self._delayed -= 1
         with self._lock:
             self._queued += 1
-        return asyncio.run_coroutine_threadsafe(self._run(call, timeout_s), self._loop)
-
-    async def _run(self, call: Callable[[], Awaitable[T]], timeout_s: float | None) -> T:
-        async with self._slots:
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            with self._lock:
+                self._queued -= 1
+            raise
+        try:
             with self._lock:
                 self._queued -= 1
                 self._in_flight += 1
@@ -79,6 +118,8 @@ class CallExecutor:
             finally:
                 with self._lock:
                     self._in_flight -= 1
+        finally:
+            self._slots.release()
 
     def run(self, call: Callable[[], Coroutine[object, object, T]]) -> T:
         """Run one coroutine to completion from a foreign thread (start-up and shutdown work)."""

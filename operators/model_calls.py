@@ -19,6 +19,13 @@ Isolation is per job, not per shard: when the policy raises for one job (`job_id
 gives the customer a final safe reply and dead-letters the dispatch) and the job and its
 calls in flight are dropped; every other job of the shard goes on. Without a handler the
 error propagates, as before.
+
+Hedging: a step may schedule a call for later (`delayed`: a hedge timer, kept in snapshots
+with its due time and re-issued on resume like any call) and cancel calls (`cancel`).
+When a job is done, every call it still has in flight or scheduled is cancelled: no call
+outlives its job. A cancelled call that had already finished (it was billed) is handed to
+the policy's `settle`, if it has one, so its cost is still recorded; so is the fact that a
+call was stopped (`CallFailed("cancelled")`), so the policy can release what it reserved.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import pickle
+import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
@@ -46,6 +55,9 @@ S = TypeVar("S")  # call spec (picklable)
 O = TypeVar("O")  # noqa: E741 - call outcome
 W = TypeVar("W")  # emitted item
 I_contra = TypeVar("I_contra", contravariant=True)
+J_contra = TypeVar("J_contra", contravariant=True)
+O_contra = TypeVar("O_contra", contravariant=True)
+W_co = TypeVar("W_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,10 @@ class JobStep(Generic[W, S]):
     calls: Sequence[tuple[str, S]] = ()
     """(call_id, spec): call ids are unique within the job and stable across replays."""
     done: bool = False
+    delayed: Sequence[tuple[str, S, float]] = ()
+    """(call_id, spec, delay_s): calls that start only after `delay_s` (hedge timers)."""
+    cancel: Sequence[str] = ()
+    """Call ids to stop (in flight or scheduled), applied before this step's new calls."""
 
 
 class CallPolicy(Protocol[I_contra, J, S, O, W]):
@@ -76,11 +92,21 @@ class CallPolicy(Protocol[I_contra, J, S, O, W]):
     def timeout_s(self, spec: S) -> float: ...
 
 
+class Settling(Protocol[J_contra, O_contra, W_co]):
+    """A policy that accounts for calls its jobs stopped waiting for (see module doc)."""
+
+    def settle(
+        self, job: J_contra, call_id: str, outcome: O_contra | CallFailed
+    ) -> Sequence[W_co]: ...
+
+
 @dataclass(slots=True)
 class _Pending(Generic[S, O]):
     job_id: str
     spec: S
     future: concurrent.futures.Future[O]
+    due: float | None = None
+    """Wall-clock start of a delayed call, for snapshots (None: started at submit)."""
 
 
 JobErrorHandler = Callable[[str | None, I | None, J | None, Exception], tuple[Sequence[W], Failed]]
@@ -128,24 +154,52 @@ class CallTable(Generic[I, J, S, O, W]):
         return out
 
     def snapshot(self) -> bytes:
-        calls = [(job_id, call_id, p.spec) for (job_id, call_id), p in self.pending.items()]
+        calls = [(job_id, call_id, p.spec, p.due) for (job_id, call_id), p in self.pending.items()]
         return pickle.dumps((self.jobs, calls), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, snapshot: bytes) -> None:
-        """Take back the jobs of a snapshot and re-issue every call that was in flight."""
+        """Take back the jobs of a snapshot and re-issue every call that was in flight; a
+        scheduled (hedge) call keeps its due time, or starts at once if that has passed."""
         jobs, calls = pickle.loads(snapshot)
         self.jobs.update(jobs)
         if calls:
             log.warning("resumed with %d model call(s) in flight: re-issuing them", len(calls))
-        for job_id, call_id, spec in calls:
-            self._submit(job_id, call_id, spec)
+        for job_id, call_id, spec, *rest in calls:  # older snapshots have no due time
+            due = rest[0] if rest else None
+            delay = None if due is None else max(0.0, due - time.time())
+            self._submit(job_id, call_id, spec, delay_s=delay)
 
     def _apply(self, job_id: str, step: JobStep[W, S]) -> list[W | Failed]:
+        out: list[W | Failed] = list(step.emit)
+        for call_id in step.cancel:
+            out.extend(self._cancel(job_id, call_id))
         for call_id, spec in step.calls:
             self._submit(job_id, call_id, spec)
+        for call_id, spec, delay_s in step.delayed:
+            self._submit(job_id, call_id, spec, delay_s=delay_s)
         if step.done:
+            for key in [k for k in self.pending if k[0] == job_id]:
+                out.extend(self._cancel(job_id, key[1]))
             self.jobs.pop(job_id, None)
-        return list(step.emit)
+        return out
+
+    def _cancel(self, job_id: str, call_id: str) -> list[W | Failed]:
+        """Stop one call; the policy settles it: its outcome if it had finished, else
+        `cancelled` (nothing came back, whatever the provider did mid-flight)."""
+        pending = self.pending.pop((job_id, call_id), None)
+        if pending is None:
+            return []
+        outcome: O | CallFailed = CallFailed("cancelled", "the job no longer needs this call")
+        if not self.executor.cancel(pending.future):
+            outcome = self._outcome(pending.future)
+        settle = getattr(self.policy, "settle", None)
+        job = self.jobs.get(job_id)
+        if settle is None or job is None:
+            return []
+        try:
+            return list(cast("Settling[J, O, W]", self.policy).settle(job, call_id, outcome))
+        except Exception as exc:
+            return self._job_failed(job_id, None, exc)
 
     def _job_failed(self, job_id: str | None, item: I | None, exc: Exception) -> list[W | Failed]:
         """Drop the job and its calls in flight; the handler says what to emit instead."""
@@ -153,25 +207,29 @@ class CallTable(Generic[I, J, S, O, W]):
             raise exc
         job = self.jobs.pop(job_id, None) if job_id is not None else None
         for key in [k for k in self.pending if k[0] == job_id]:
-            del self.pending[key]
+            self.executor.cancel(self.pending.pop(key).future)
         emit, failed = self.on_job_error(job_id, item, job, exc)
         return [*emit, failed]
 
-    def _submit(self, job_id: str, call_id: str, spec: S) -> None:
+    def _submit(self, job_id: str, call_id: str, spec: S, *, delay_s: float | None = None) -> None:
         run = self.policy.run
-        future = self.executor.submit(lambda: run(spec), timeout_s=self.policy.timeout_s(spec))
-        self.pending[(job_id, call_id)] = _Pending(job_id, spec, future)
+        timeout = self.policy.timeout_s(spec)
+        future = self.executor.submit(lambda: run(spec), timeout_s=timeout, delay_s=delay_s)
+        due = time.time() + delay_s if delay_s is not None else None
+        self.pending[(job_id, call_id)] = _Pending(job_id, spec, future, due)
+
+    def _outcome(self, future: concurrent.futures.Future[O]) -> O | CallFailed:
+        try:
+            return future.result()
+        except CallTimeoutError as exc:
+            return CallFailed("timeout", str(exc))
+        except Exception as exc:  # a bug in `run` must not lose the job: it gets an outcome
+            return CallFailed("error", f"{type(exc).__name__}: {exc}")
 
     def _complete(self, key: tuple[str, str]) -> list[W | Failed]:
         pending = self.pending.pop(key)
         job_id, call_id = key
-        outcome: O | CallFailed
-        try:
-            outcome = pending.future.result()
-        except CallTimeoutError as exc:
-            outcome = CallFailed("timeout", str(exc))
-        except Exception as exc:  # a bug in `run` must not lose the job: it gets an outcome
-            outcome = CallFailed("error", f"{type(exc).__name__}: {exc}")
+        outcome = self._outcome(pending.future)
         job = self.jobs.get(job_id)
         if job is None:
             return []
@@ -179,6 +237,29 @@ class CallTable(Generic[I, J, S, O, W]):
             return self._apply(job_id, self.policy.advance(job, call_id, outcome))
         except Exception as exc:
             return self._job_failed(job_id, None, exc)
+
+
+class StreamingQuantile:
+    """One quantile of recent latencies (a bounded window), with a prior until it has
+    `min_samples`: small, exact over its window, and cheap at the rates one worker sees."""
+
+    def __init__(self, q: float, prior: float, *, window: int = 256, min_samples: int = 20):
+        if not 0 < q < 1:
+            msg = "q must be in (0, 1)"
+            raise ValueError(msg)
+        self.q = q
+        self.prior = prior
+        self.min_samples = min_samples
+        self._values: deque[float] = deque(maxlen=window)
+
+    def observe(self, value: float) -> None:
+        self._values.append(value)
+
+    def value(self) -> float:
+        if len(self._values) < self.min_samples:
+            return self.prior
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, int(self.q * len(ordered)))]
 
 
 def shard_of(key: str, shards: int) -> str:
