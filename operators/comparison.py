@@ -29,6 +29,7 @@ STATUS_RANK: Mapping[str | None, int] = {
     "unverified": 2,
     "withheld": 1,
     "refused": 1,
+    "clarify": 1,
     None: 0,
 }
 """How good a final reply is for the customer: a verified answer beats an unverified one,

@@ -31,6 +31,10 @@ class Completer(Protocol):
 class SourceFinder(Protocol):
     def retrieve(self, kb_name: str, query_text: str, top_k: int) -> tuple[SourceDoc, ...]: ...
 
+    def intent_source(self, kb_name: str, intent: str) -> SourceDoc | None: ...
+
+    def intents(self, kb_name: str) -> frozenset[str]: ...
+
 
 def retrieval_queries(messages: tuple[Message, ...]) -> list[str]:
     """The question alone, then the question with the customer's recent turns."""
@@ -52,11 +56,25 @@ def merge_sources(ranked: list[tuple[SourceDoc, ...]], top_k: int) -> tuple[Sour
     return tuple(merged.values())[:cap]
 
 
+def with_intent_article(
+    article: SourceDoc | None, found: tuple[SourceDoc, ...], cap: int
+) -> tuple[SourceDoc, ...]:
+    """The router's article first, then the search results without it, still at most `cap`:
+    the answer is no longer limited by whether the search happened to find it."""
+    if article is None:
+        return found[:cap]
+    rest = tuple(doc for doc in found if doc.doc_id != article.doc_id)
+    return (article, *rest)[:cap]
+
+
 @dataclass
 class ModelGateway:
     governance: GovernanceConfig
     providers: Completer
     retriever: SourceFinder
+    router_intents: frozenset[str] = frozenset()
+    """The classifier's intent labels: a KB whose articles carry some of them is keyed by
+    the router's intents, so a confident intent it lacks is one it does not cover."""
 
     async def run(self, spec: CallSpec) -> CallOutcome:
         request = await asyncio.to_thread(self._prepare, spec)
@@ -83,7 +101,17 @@ class ModelGateway:
         context = self.governance.context
         budget = min(context.sources_max_tokens, context.system_prompt_tokens)
         encoding = self.governance.roles[spec.role].tokenizer
-        return within_budget(merge_sources(rankings, knowledge.top_k), budget, encoding)
+        found = merge_sources(rankings, knowledge.top_k)
+        if spec.intent is not None:
+            cap = knowledge.top_k + 2 if len(rankings) > 1 else knowledge.top_k
+            found = with_intent_article(self.retriever.intent_source(kb, spec.intent), found, cap)
+        return within_budget(found, budget, encoding)
+
+    def covers(self, tenant_id: str, intent: str) -> bool:
+        """False only when the tenant's KB is keyed by the router's intents and lacks this
+        one (a KB with other labels, e.g. ABCD's flows, cannot be judged: True)."""
+        labels = self.retriever.intents(self.governance.knowledge.kb_for(tenant_id))
+        return intent in labels or not (labels & self.router_intents)
 
 
 def within_budget(

@@ -484,6 +484,16 @@ class Retriever:
         query = self._bases.embedder.embed([" ".join(query_text.split())])[0]
         return self.retrieve_by_embedding(kb_name, query, top_k)
 
+    def intent_source(self, kb_name: str, intent: str) -> SourceDoc | None:
+        """The article labelled with `intent`, as a source (score 1: chosen by the router's
+        intent, not by similarity), or None when the base has none."""
+        article = self._bases[kb_name].article_for_intent(intent)
+        return None if article is None else article.as_source(1.0)
+
+    def intents(self, kb_name: str) -> frozenset[str]:
+        """Every intent label the base's articles carry."""
+        return frozenset(a.intent for a in self._bases[kb_name].articles if a.intent)
+
     def retrieve_by_embedding(
         self, kb_name: str, query: FloatArray, top_k: int
     ) -> tuple[SourceDoc, ...]:
