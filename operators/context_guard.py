@@ -49,6 +49,15 @@ class PromptPlan:
     summary_tokens: int = 0
     summary: str = ""
     """The compacted older turns this prompt carries (sent to the model as context)."""
+    summary_limit: int = 0
+    """The most tokens (this role's tokenizer) a summary may take in this prompt and still
+    fit: a model-written summary replacing `summary` is cut to it (operators/summaries.py)."""
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The prompt with a summary as long as `summary_limit`: what a budget reserves
+        when a model may rewrite the summary."""
+        return self.prompt_tokens + max(0, self.summary_limit - self.summary_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,7 @@ def plan_prompt(
             included_turns=len(turns),
             summary_tokens=summary_tokens,
             summary=summary,
+            summary_limit=min(context.summary_max_tokens, budget - sum(sizes)) if summary else 0,
         )
     if not allow_compaction:
         return None
@@ -102,7 +112,8 @@ def plan_prompt(
         included += 1
     dropped = turns[: len(turns) - included]
     digests = [*earlier_digests, *(digest(t.role, t.text, enc) for t in dropped)]
-    summary, summary_tokens = _summary(digests, min(context.summary_max_tokens, budget - used), enc)
+    limit = min(context.summary_max_tokens, budget - used)
+    summary, summary_tokens = _summary(digests, limit, enc)
     return PromptPlan(
         role_name,
         prompt_tokens=context.system_prompt_tokens + summary_tokens + used,
@@ -111,6 +122,7 @@ def plan_prompt(
         compacted_turns=len(dropped),
         summary_tokens=summary_tokens,
         summary=summary,
+        summary_limit=max(0, limit) if summary else 0,
     )
 
 

@@ -56,10 +56,25 @@ class ConversationState:
     window_tokens: int = 0
     digests: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_DIGESTS))
     """One line per turn that left the window: the material of the compacted summary."""
+    left: deque[Turn] = field(default_factory=deque)
+    """The newest turns that left the window, in full, up to `summary_source_tokens` and
+    MAX_DIGESTS turns: what the summarizer role reads (their digests are in `digests` too)."""
+    left_tokens: int = 0
     seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
     """event_id -> its token count: the token snapshot that makes a retried event a no-op."""
     cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     """Normalized text -> the routing outcome reused for a repeat (operators/routing.py)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Snapshots from before `left` existed restore with it empty."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("left", deque())
+        self.__dict__.setdefault("left_tokens", 0)
+
+    def earlier_digests(self) -> tuple[str, ...]:
+        """Digests of the turns that left the window and are no longer held in full."""
+        held = len(self.left)
+        return tuple(self.digests)[: max(0, len(self.digests) - held)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +173,13 @@ class ConversationTracker:
             state.compacted_turns += 1
             state.compacted_tokens += dropped.tokens
             state.digests.append(digest(dropped.role, dropped.text, self._encoding))
+            state.left.append(dropped)
+            state.left_tokens += dropped.tokens
+            while state.left and (
+                state.left_tokens > self._config.summary_source_tokens
+                or len(state.left) > MAX_DIGESTS
+            ):
+                state.left_tokens -= state.left.popleft().tokens
         state.seen[event.event_id] = tokens
         while len(state.seen) > self._config.dedupe_capacity:
             state.seen.popitem(last=False)

@@ -1,9 +1,9 @@
-"""Extractive compaction of older turns, for the `summarizer` role.
+"""Extractive compaction of older turns: what the guard plans with, and the fallback.
 
-Until the model operators exist (issue 4) the summary is written locally: each older turn
-contributes its first sentence, newest turns first, within a token budget. Deterministic,
-so a replay reproduces the same prompt plan. Decisions name the summarizer role's pinned
-model and say the summary was extractive and local.
+Each older turn contributes its first sentence, newest turns first, within a token budget.
+Deterministic, so a replay reproduces the same prompt plan. With `context.summarizer:
+model` the summarizer role rewrites it at answer time (operators/summaries.py); this text
+stays when that call fails or times out, and the local fleet's summarizer writes it too.
 """
 
 from __future__ import annotations

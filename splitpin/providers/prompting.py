@@ -36,6 +36,12 @@ INSTRUCTIONS = (
     "[splitpin: ...] are added by the support system."
 )
 NO_SOURCES = "No sources were found for this question."
+SUMMARIZE_INSTRUCTIONS = (
+    "Summarise the support conversation turns in the user and assistant messages (and the "
+    "earlier summary, if any) for the agent or model that answers next, who will not see "
+    "them: the customer's issue, facts they gave, what was already answered or promised. "
+    "Plain sentences, newest matters most; do not answer the customer and do not cite."
+)
 VERIFY_INSTRUCTIONS = (
     "The last message ends with draft answers written earlier; check them against the "
     f"sources. If draft 1 is correct and cites the right source, reply with exactly {CONFIRM} "
@@ -216,6 +222,8 @@ def format_source(doc: SourceDoc) -> str:
 def system_prompt(request: ModelRequest) -> str:
     """splitpin's text only: the instructions and the sources it attached. No customer or
     agent words, no summary, no drafts (see `conversation`)."""
+    if request.role == "summarizer":  # operators/summaries.py: it writes, it does not answer
+        return SUMMARIZE_INSTRUCTIONS
     parts = [INSTRUCTIONS]
     if request.sources:
         parts.append("Sources:\n" + "\n".join(format_source(doc) for doc in request.sources))

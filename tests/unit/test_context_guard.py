@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitpin.core.summarizer import HEADER, digest, summarize
 from splitpin.core.tokens import count_tokens
@@ -114,3 +116,30 @@ def test_digest_takes_the_first_sentence_and_caps_it() -> None:
     )
     long_line = digest("customer", "word " * 500, "cl100k_base")
     assert long_line.endswith("...") and count_tokens(long_line, "cl100k_base") < 60
+
+
+@given(
+    sizes=st.lists(st.integers(1, 30_000), min_size=1, max_size=30),
+    digests=st.integers(0, 12),
+    window=st.sampled_from([2_048, 8_192, 65_536]),
+    summary_max=st.sampled_from([16, 64, 512]),
+    compact=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_summary_as_long_as_its_limit_still_fits(
+    sizes: list[int], digests: int, window: int, summary_max: int, compact: bool
+) -> None:
+    """A model may rewrite the summary up to `summary_limit` tokens: the plan with that
+    summary (`max_prompt_tokens`) still fits the window, and the limit never exceeds
+    `summary_max_tokens` nor falls below the extractive summary it may replace."""
+    role = INCIDENT_ROLE.model_copy(update={"context_window": window, "max_output_tokens": 512})
+    context = ContextConfig(system_prompt_tokens=300, summary_max_tokens=summary_max)
+    earlier = [f"- customer: earlier point {i}." for i in range(digests)]
+    result = plan_prompt("fast", role, context, _turns(sizes), earlier, allow_compaction=compact)
+    if not isinstance(result, PromptPlan):
+        return
+    assert result.max_prompt_tokens + role.max_output_tokens <= window
+    if result.summary:
+        assert result.summary_tokens <= result.summary_limit <= summary_max
+    else:
+        assert result.summary_limit == 0 and result.max_prompt_tokens == result.prompt_tokens
