@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import base64
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeGuard, TypeVar, cast
 
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import Source
+from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
@@ -65,6 +66,7 @@ from splitpin.operators.model_gateway import Completer, ModelGateway, SourceFind
 from splitpin.operators.routing import RoutePlan, Router, _ConversationLogic
 from splitpin.operators.sampling import mark_shadow, mirrored, require_prefix
 from splitpin.providers.setup import build_model_backends
+from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.dead_letter import DeadLetter
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.events import ConversationEvent
@@ -101,10 +103,41 @@ class FlowInputs:
     usage: Source[RawRecord] | None = None
 
 
+_KafkaItem = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
+
+
+class _EpochSignal(StatefulSourcePartition[_KafkaItem, int | None]):
+    """Delegates to Bytewax's Kafka partition; its snapshot (once per closed epoch) tells
+    `metrics.epoch_closed`, which turns /readyz on (Kubernetes readiness)."""
+
+    def __init__(self, inner: StatefulSourcePartition[_KafkaItem, int | None]) -> None:
+        self._inner = inner
+
+    def next_batch(self) -> Iterable[_KafkaItem]:
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> int | None:
+        metrics.epoch_closed()
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _SignallingKafkaSource(KafkaSource):
+    def build_part(  # type: ignore[override]  # returns a wrapper, not Bytewax's private class
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _EpochSignal:
+        return _EpochSignal(super().build_part(step_id, for_part, resume_state))
+
+
 def kafka_source(settings: Settings, topic: str, *, tail: bool) -> KafkaSource:
     """Offsets live in Bytewax snapshots (no consumer group), so a resume rewinds exactly.
     `topic` is the physical name (a canary reads the primary's events topic)."""
-    return KafkaSource(
+    return _SignallingKafkaSource(
         [settings.bootstrap_servers],
         [topic],
         tail=tail,
@@ -210,7 +243,8 @@ def build_flow(
     for name in router.encodings:  # BPE tables load on first use, also ~0.3 s each
         tokens.encoding(name)
     providers, retriever = backends or build_model_backends(governance, loaded)
-    answer_policy = AnswerPolicy(governance, ModelGateway(governance, providers, retriever).run)
+    gateway = ModelGateway(governance, providers, retriever, frozenset(loaded.intent_labels))
+    answer_policy = AnswerPolicy(governance, gateway.run, covers=gateway.covers)
     calls = governance.providers
     executor = shared_executor(calls.max_in_flight)
     metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)
@@ -350,6 +384,7 @@ def build_flow(
     replies_topic = settings.topic("replies")
     metrics_topic = settings.topic("metrics")
     windowed_topic = settings.topic("metrics_windowed")
+    audit_topic = settings.topic("replies_audit")
 
     def outcome_out(outcome: BudgetOutput) -> OutRecord:
         assert not isinstance(outcome, Dispatch)  # branched off above
@@ -377,6 +412,9 @@ def build_flow(
         if isinstance(item, ValidationFailure):
             metrics.count(metrics.VALIDATION_FAILURES, item.error)
             return [OutRecord(failures_topic, item.conversation_id.encode(), encode(item))]
+        if isinstance(item, AuditSample):
+            metrics.observe_audit(item.agreed)
+            return [OutRecord(audit_topic, item.conversation_id.encode(), encode(item))]
         if isinstance(item, Escalation):
             metrics.count(metrics.ESCALATIONS, item.from_role, item.to_role, item.reason)
         elif isinstance(item, ReplyTiming):

@@ -12,7 +12,11 @@ Per event (a `Dispatch` from the budget gate), as calls finish:
   never gets a preliminary.
   The verifier then re-ranks that candidate against its own reading and writes the final
   revision: `verified` when it agrees with the preliminary, `corrected` when not. Small
-  talk has nothing to verify and its fast answer is final (unless `verify_trivial`);
+  talk has nothing to verify and its fast answer is final (unless `verify_trivial`).
+  `replies.verify` may spare the verifier: under `below_confidence` a fast answer whose
+  calibrated probability of being right reaches `verify_min_probability` is final at once
+  (unverified); `audit` still verifies a hash-chosen `audit_fraction` of those and emits an
+  AuditSample (did the verifier cite the same sources?);
 - every answer is validated before it goes out (operators/validation.py). A failing one
   is withheld, recorded, and re-asked once of the pinned `reroute_role`; if that fails
   too, the safe reply is sent;
@@ -27,15 +31,26 @@ recognisable.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from splitpin.core import metrics
 from splitpin.core.tokens import count_tokens
 from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
-from splitpin.operators.model_calls import CallFailed, JobStep
+from splitpin.operators.model_calls import CallFailed, JobStep, StreamingQuantile
+from splitpin.operators.sampling import in_sample
+from splitpin.operators.summaries import (
+    Coverage,
+    SharedCalls,
+    SummaryCache,
+    fit_summary,
+    wants_model_summary,
+)
 from splitpin.operators.validation import Violation, validate_answer
+from splitpin.providers import calibration
 from splitpin.providers.base import (
     CONFIRM,
     Candidate,
@@ -45,11 +60,14 @@ from splitpin.providers.base import (
     SourceDoc,
 )
 from splitpin.providers.prompting import customer_doc_ids
+from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.decisions import ModelRole, RoutingDecision
-from splitpin.schemas.governance import GovernanceConfig
+from splitpin.schemas.governance import GovernanceConfig, RepliesConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
+
+log = logging.getLogger(__name__)
 
 PRELIMINARY_REVISION = 0
 FINAL_REVISION = 1
@@ -57,7 +75,7 @@ FINAL_REVISION = 1
 a re-issued remote call may decide differently about the preliminary, and reply_id +
 revision must still name one record (docs/topics.md, "Reply contract")."""
 
-CallPurpose = Literal["primary", "pinned", "verify", "reroute", "replan"]
+CallPurpose = Literal["primary", "pinned", "verify", "reroute", "replan", "summary"]
 
 DRAFT_OVERHEAD_TOKENS = 40
 """A draft's framing in the verifier's prompt: its number, confidence and cited ids."""
@@ -72,6 +90,12 @@ class Dispatch:
     summary: str
     dispatched_at: float
     """Wall-clock seconds when the decision was made: time-to-reply metrics start here."""
+    compacted: tuple[Message, ...] = ()
+    """The in-window turns the guard compacted into `summary` (the summarizer's material)."""
+    earlier_summary: str = ""
+    """Digests of turns that left the conversation window (the material's older part)."""
+    summary_limit: int = 0
+    """The most tokens (routed role's tokenizer) a summary may take in the planned prompt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +113,14 @@ class CallSpec:
     """None: retrieve for the question first (the gateway does, off the worker thread)."""
     candidates: tuple[Candidate, ...] = ()
     timeout_s: float = 30.0
+    intent: str | None = None
+    """The router's confident intent: the gateway attaches its article first (if any)."""
+    hedge: str | None = None
+    """The channel of a verification started before the fast pass answered
+    (replies.hedging); None: not a hedge."""
+    summary_of: tuple[str, Coverage] | None = None
+    """A summary call's conversation and coverage (operators/summaries.py): the same one in
+    flight or done is shared, not made again."""
 
     def request(self, sources: tuple[SourceDoc, ...]) -> ModelRequest:
         """The request as sent, once the sources are known."""
@@ -113,6 +145,8 @@ class CallOutcome:
     error_kind: str | None = None
     error: str | None = None
     error_model: str | None = None
+    shared: bool = False
+    """Another job's identical summary call produced it: that job records its cost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +167,46 @@ class ReplyTiming:
     seconds: float
 
 
-AnswerOutput = Reply | CostRecord | ValidationFailure | Escalation | ReplyTiming
+AnswerOutput = Reply | CostRecord | ValidationFailure | Escalation | ReplyTiming | AuditSample
+
+VerifyChoice = Literal["verify", "skip", "audit"]
+
+AUDIT_SALT = "audit:"
+"""Salts the event id before hashing, so the audit sample is independent of the canary's
+(which hashes conversation ids the same way)."""
+
+
+Probability = Callable[[ModelRole, float | None, str], float | None]
+"""(role, raw confidence, provider) -> probability the answer is right; None: unknown."""
+
+
+def calibrated_probability(
+    role: ModelRole, confidence: float | None, provider: str
+) -> float | None:
+    """The shipped calibration (splitpin/providers/calibration.py): the local fleet's
+    roles through their fitted isotonic maps, remote confidence as reported."""
+    return calibration.probability_right(role, confidence, provider)
+
+
+def audited(event_id: str, fraction: float) -> bool:
+    """True for the `fraction` of event ids in the audit sample: a hash, so the same on every
+    worker, in every process and after a recovery re-issues the job."""
+    return in_sample(AUDIT_SALT + event_id, fraction)
+
+
+def verification_choice(
+    replies: RepliesConfig, event_id: str, probability: float | None, *, pinned: bool
+) -> VerifyChoice:
+    """`replies.verify` for one fast answer: verify it, let it stand (skip), or verify it
+    as part of the audit sample. Pinned traffic and unknown or low probabilities are
+    always verified; `always` verifies everything."""
+    if pinned or replies.verify == "always" or probability is None:
+        return "verify"
+    if probability < replies.verify_min_probability:
+        return "verify"
+    if replies.verify == "audit" and audited(event_id, replies.audit_fraction):
+        return "audit"
+    return "skip"
 
 
 @dataclass
@@ -152,6 +225,16 @@ class AnswerJob:
     tried: list[ModelRole] = field(default_factory=list)
     records: tuple[CostRecord, ...] = ()
     """Every CostRecord emitted so far (a class default, so older snapshots restore)."""
+    audit: bool = False
+    """A confident draft verified only as part of the audit sample (AuditSample on verify)."""
+    probability: float | None = None
+    """The draft's calibrated probability of being right (the verification policy's input)."""
+    hedge_due: float | None = None
+    """Wall-clock start of a hedged verification still racing the fast pass (None: none)."""
+    in_flight: tuple[str, ...] = ()
+    """Call ids started or scheduled and not yet answered (hedging: the loser's slot)."""
+    ended: bool = False
+    """The final went out; calls that end later are only settled (accounted)."""
 
 
 Step = JobStep[AnswerOutput, CallSpec]
@@ -164,6 +247,28 @@ class AnswerPolicy:
     governance: GovernanceConfig
     runner: Callable[[CallSpec], Awaitable[CallOutcome]]
     clock: Callable[[], float] = time.time
+    probability: Probability = calibrated_probability
+    """The verification policy's input; tests of the policy's logic pass their own."""
+    covers: Callable[[str, str], bool] | None = None
+    """(tenant_id, intent) -> does the tenant's KB have that intent's article
+    (ModelGateway.covers); None: unknown, only out-of-scope messages get the clarify reply."""
+    summaries: SummaryCache | None = None
+    """Model-written summaries per conversation (operators/summaries.py); None: one is made
+    from `context.summary_cache_entries`."""
+    latencies: dict[str, StreamingQuantile] = field(default_factory=dict)
+    """Per role: recent fast-pass latencies, for the hedge timer (replies.hedging)."""
+
+    def __post_init__(self) -> None:
+        if self.summaries is None:
+            self.summaries = SummaryCache(self.governance.context.summary_cache_entries)
+        self._summary_calls: SharedCalls[CallOutcome] = SharedCalls(
+            self.governance.context.summary_cache_entries,
+            lambda outcome: outcome.result is not None and bool(outcome.result.text.strip()),
+        )
+        if self.governance.replies.verify != "always" and self.probability is (
+            calibrated_probability
+        ):
+            calibration.packaged_calibration()  # missing or stale maps fail at start-up
 
     # --- CallPolicy -----------------------------------------------------------------
 
@@ -177,28 +282,133 @@ class AnswerPolicy:
             text = self.governance.replies.refusal_reply
             reply = self._reply(job, "final", "refused", text, None, decision.role)
             return job, Step(emit=[reply, *self._timing(job, reply)], done=True)
+        clarify = self._clarify(job)
+        if clarify is not None:
+            return job, clarify
+        summary_call = self._summary_first(job)
+        if summary_call is not None:
+            return job, Step(calls=[summary_call])
+        return job, self._first_call(job)
+
+    def _first_call(self, job: AnswerJob) -> Step:
+        decision = job.dispatch.decision
         purpose: CallPurpose = "pinned" if decision.pinned else "primary"
         if decision.tier == "trivial" and not decision.pinned:
             job.sources = ()  # small talk: nothing to look up, nothing to cite
-        return job, Step(calls=[self._call(job, purpose, decision.role)])
+        return self._hedged(job, Step(calls=[self._call(job, purpose, decision.role)]))
+
+    def _summary_first(self, job: AnswerJob) -> tuple[str, CallSpec] | None:
+        """When the prompt carries compacted turns and `context.summarizer` is `model`: the
+        cached summary of exactly these turns replaces the extractive one (None: go on), or
+        the summarizer is called first (its call, before any answer)."""
+        dispatch = job.dispatch
+        decision = dispatch.decision
+        tenant = self.governance.budgets.for_tenant(decision.tenant_id)
+        if not wants_model_summary(
+            self.governance.context,
+            tenant,
+            pinned=decision.pinned,
+            compacted_turns=len(dispatch.compacted),
+            summary_limit=dispatch.summary_limit if dispatch.summary else 0,
+        ):
+            return None
+        assert self.summaries is not None  # __post_init__
+        coverage = Coverage(decision.session_id, decision.compacted_turns)
+        cached = self.summaries.get(decision.conversation_id, coverage)
+        if cached is not None and self._use_summary(job, cached):
+            return None
+        config = self.governance.roles["summarizer"]
+        context = self.governance.context
+        spec = CallSpec(
+            purpose="summary",
+            request_id=f"{decision.event_id}:summary",
+            role="summarizer",
+            tenant_id=decision.tenant_id,
+            messages=dispatch.compacted,
+            summary=dispatch.earlier_summary,
+            max_tokens=min(self.governance.budgets.output_cap(config), context.summary_max_tokens),
+            sources=(),  # nothing to retrieve: the summarizer reads the turns only
+            timeout_s=context.summary_timeout_s,
+            summary_of=(decision.conversation_id, coverage),
+        )
+        return "summary", spec
+
+    def _use_summary(self, job: AnswerJob, text: str) -> bool:
+        """Put a model-written summary in the job's prompt if, cut to the guard's limit in
+        the routed role's tokenizer, anything is left; else keep the extractive one."""
+        dispatch = job.dispatch
+        encoding = self.governance.roles[dispatch.decision.role].tokenizer
+        fitted = fit_summary(text, dispatch.summary_limit, encoding)
+        if fitted is None:
+            return False
+        job.dispatch = replace(dispatch, summary=fitted)
+        return True
+
+    def _after_summary(
+        self, job: AnswerJob, outcome: CallOutcome | CallFailed, result: ModelResult | None
+    ) -> Step:
+        """The summary (cached for the next events covering the same turns) or, when the
+        call failed, timed out or wrote nothing usable, the extractive one; then answer."""
+        decision = job.dispatch.decision
+        if result is not None and self._use_summary(job, result.text):
+            assert self.summaries is not None  # __post_init__
+            coverage = Coverage(decision.session_id, decision.compacted_turns)
+            self.summaries.put(decision.conversation_id, coverage, result.text)
+        else:
+            error, detail = _failure_of(outcome)
+            log.info("summary for %s: extractive (%s: %s)", decision.event_id, error, detail)
+        return self._first_call(job)
+
+    def confident_intent(self, decision: RoutingDecision) -> str | None:
+        """The router's intent when it clears `knowledge.intent_min_confidence`."""
+        bound = self.governance.knowledge.intent_min_confidence
+        if decision.intent is None or decision.intent == "none" or decision.confidence is None:
+            return None
+        return decision.intent if decision.confidence >= bound else None
+
+    def _clarify(self, job: AnswerJob) -> Step | None:
+        """An out-of-scope message, or a confident intent the tenant's KB does not cover,
+        gets `replies.clarify_reply` at once (status `clarify`, no model call, no cost)
+        rather than an answer from whichever article happens to be nearest. Pinned traffic
+        and small talk keep their paths."""
+        decision = job.dispatch.decision
+        if decision.pinned or decision.tier == "trivial":
+            return None
+        intent = self.confident_intent(decision)
+        uncovered = (
+            intent is not None
+            and self.covers is not None
+            and not self.covers(decision.tenant_id, intent)
+        )
+        if decision.features.get("out_of_scope") is not True and not uncovered:
+            return None
+        text = self.governance.replies.clarify_reply
+        reply = self._reply(job, "final", "clarify", text, None, decision.role)
+        return Step(emit=[reply, *self._timing(job, reply)], done=True)
 
     def advance(self, job: AnswerJob, call_id: str, outcome: CallOutcome | CallFailed) -> Step:
         purpose: CallPurpose = call_id  # type: ignore[assignment]  # ids are purposes
         emit: list[AnswerOutput] = []
         result = None
         if isinstance(outcome, CallOutcome):
-            if job.sources is None:
+            if job.sources is None and purpose != "summary":
                 job.sources = outcome.request.sources
             result = outcome.result
-            if result is not None:
+            if result is not None and not outcome.shared:
                 emit.append(self._cost(job, purpose, result))
-        if purpose == "primary":
+        waiting = self._hedge_fell_through(job, purpose, result)
+        if waiting is not None:
+            return waiting
+        if purpose == "summary":
+            step = self._after_summary(job, outcome, result)
+            step = Step(emit=[*emit, *step.emit], calls=step.calls, done=step.done)
+        elif purpose == "primary":
             step = self._after_primary(job, outcome, result, emit)
         elif purpose == "verify":
             step = self._after_verify(job, outcome, result, emit)
         else:
             step = self._after_final_call(job, purpose, outcome, result, emit)
-        return self._mark_last_call(job, step)
+        return self._mark_last_call(job, self._hedge_step(job, purpose, result, step))
 
     def _mark_last_call(self, job: AnswerJob, step: Step) -> Step:
         """A finished job's last CostRecord says so (`last_call`, with the ids of all its
@@ -210,8 +420,7 @@ class AnswerPolicy:
         if not step.done or not job.records:
             return step
         last = job.records[-1]
-        calls = tuple(r.record_id.rpartition(":")[2] for r in job.records)
-        marked = last.model_copy(update={"last_call": True, "job_calls": calls})
+        marked = last.model_copy(update={"last_call": True, "job_calls": self._job_calls(job)})
         job.records = (*job.records[:-1], marked)
         emit = list(step.emit)
         at = next((n for n, item in enumerate(emit) if item is last), None)
@@ -219,10 +428,142 @@ class AnswerPolicy:
             emit.append(marked)
         else:
             emit[at] = marked
-        return Step(emit=emit, calls=step.calls, done=True)
+        return replace(step, emit=emit)
 
     async def run(self, spec: CallSpec) -> CallOutcome:
+        hedge = getattr(spec, "hedge", None)  # a spec from an older snapshot has no slot
+        if hedge is not None:
+            metrics.count(metrics.HEDGES, hedge, "started")
+        if spec.summary_of is not None:
+            conversation_id, coverage = spec.summary_of
+            runner = self.runner
+            outcome, shared = await self._summary_calls.run(
+                conversation_id, coverage, lambda: runner(spec)
+            )
+            return replace(outcome, shared=True) if shared else outcome
         return await self.runner(spec)
+
+    # --- hedging (replies.hedging) --------------------------------------------------
+
+    def _hedged(self, job: AnswerJob, step: Step) -> Step:
+        """The first call of an unpinned, verifiable answer, plus the verifier without a
+        draft: at once, or once the fast pass is slower than its latency quantile. The
+        budget gate reserved both calls; the first valid final wins (`_hedge_step`)."""
+        replies = self.governance.replies
+        decision = job.dispatch.decision
+        mode = replies.hedging.mode(decision.channel)
+        verifier = replies.verifier_role
+        tenant = self.governance.budgets.for_tenant(decision.tenant_id)
+        if (
+            mode == "off"
+            or decision.pinned
+            or decision.role == verifier
+            or (decision.tier == "trivial" and not replies.verify_trivial)
+            or not tenant.allows(verifier)
+        ):
+            return step
+        messages, fits = self._messages_for(verifier, job.dispatch, ())
+        if not fits:
+            return step
+        call_id, spec = self._call(job, "verify", verifier, messages=messages)
+        job.tried.pop()  # not tried yet: re-plans and re-routes still see the routed role last
+        hedge = (call_id, replace(spec, hedge=decision.channel))
+        job.in_flight = _with(job.in_flight, *(c for c, _ in step.calls), call_id)
+        if mode == "immediate":
+            job.hedge_due = self.clock()
+            return replace(step, calls=[*step.calls, hedge])
+        delay = self._latency(decision.role).value()
+        job.hedge_due = self.clock() + delay
+        return replace(step, delayed=[(*hedge, delay)])
+
+    def _latency(self, role: ModelRole) -> StreamingQuantile:
+        """The role's recent latencies (seconds), the hedge timer's quantile."""
+        hedging = self.governance.replies.hedging
+        estimate = self.latencies.get(role)
+        if estimate is None:
+            estimate = self.latencies[role] = StreamingQuantile(
+                hedging.quantile,
+                hedging.prior_s,
+                window=hedging.window,
+                min_samples=hedging.min_samples,
+            )
+        return estimate
+
+    def _hedge_fell_through(
+        self, job: AnswerJob, purpose: CallPurpose, result: ModelResult | None
+    ) -> Step | None:
+        """A hedged verification that failed while the fast pass still runs: no reply
+        yet; the job goes on as if unhedged (the draft, when it comes, is verified)."""
+        if purpose != "verify" or job.hedge_due is None or result is not None:
+            return None
+        if "primary" not in job.in_flight:
+            return None  # the draft is in: the failure is the verification's, as unhedged
+        job.hedge_due = None
+        job.in_flight = _without(job.in_flight, purpose)
+        return Step()
+
+    def _hedge_step(
+        self, job: AnswerJob, purpose: CallPurpose, result: ModelResult | None, step: Step
+    ) -> Step:
+        """Fold a racing hedge into the step and track the calls in flight. The fast pass
+        first: before the timer, the hedge is called off and verification runs as unhedged
+        (with the draft); after it, the verifier already at work is not asked again. The
+        verifier first: the fast pass is cancelled. A done step cancels whatever is left
+        (operators/model_calls.py)."""
+        channel = job.dispatch.decision.channel
+        if purpose == "primary" and result is not None:
+            self._latency(result.role).observe(result.latency_ms / 1000)
+        if job.hedge_due is not None and purpose == "primary":
+            if self.clock() < job.hedge_due:  # the timer has not fired: no race after all
+                job.hedge_due = None
+                step = replace(step, cancel=[*step.cancel, "verify"])
+            else:
+                step = replace(step, calls=[c for c in step.calls if c[0] != "verify"])
+        elif job.hedge_due is not None and purpose == "verify":
+            job.hedge_due = None
+            if "primary" in job.in_flight:
+                if step.done:
+                    metrics.count(metrics.HEDGES, channel, "won")
+                step = replace(step, cancel=[*step.cancel, "primary"])
+        # A done step's cancelled calls keep their slot until `settle` says if they billed.
+        gone = (purpose,) if step.done else (purpose, *step.cancel)
+        job.in_flight = _with(
+            _without(job.in_flight, *gone),
+            *(c for c, _ in step.calls),
+            *(c for c, _, _ in step.delayed),
+        )
+        if step.done:
+            job.ended = True
+            job.hedge_due = None
+        return step
+
+    def _job_calls(self, job: AnswerJob) -> tuple[str, ...]:
+        """Ids of the job's records and of its calls still in flight (a hedge's loser keeps
+        its slot until `settle` says whether it billed)."""
+        recorded = tuple(r.record_id.rpartition(":")[2] for r in job.records)
+        return _with(recorded, *job.in_flight)
+
+    def settle(
+        self, job: AnswerJob, call_id: str, outcome: CallOutcome | CallFailed
+    ) -> list[AnswerOutput]:
+        """A call the job stopped waiting for: its cost if it billed (a CostRecord like any
+        call's); once the job has ended, its last record is stated again with the calls
+        that really have records, so the budget gate releases the loser's slot or settles
+        it with the actual cost."""
+        purpose: CallPurpose = call_id  # type: ignore[assignment]  # ids are purposes
+        if job.ended:  # else `_hedge_step` already let it go (a new call may reuse the id)
+            job.in_flight = _without(job.in_flight, call_id)
+        out: list[AnswerOutput] = []
+        if isinstance(outcome, CallOutcome) and outcome.result is not None:
+            out.append(self._cost(job, purpose, outcome.result))
+        if isinstance(outcome, CallFailed) and outcome.reason == "cancelled":
+            metrics.count(metrics.HEDGES, job.dispatch.decision.channel, "cancelled")
+        if job.ended and job.records:
+            last = job.records[-1]
+            marked = last.model_copy(update={"last_call": True, "job_calls": self._job_calls(job)})
+            job.records = (*job.records[:-1], marked)
+            out = [r for r in out if r is not last] + [marked]
+        return out
 
     def timeout_s(self, spec: CallSpec) -> float:
         return spec.timeout_s
@@ -269,6 +610,16 @@ class AnswerPolicy:
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             emit += [final, *self._timing(job, final)]
             return Step(emit=emit, done=True)
+        if replies.verify != "always":  # `always` needs no calibration, so loads none
+            job.probability = self.probability(result.role, result.confidence, result.provider)
+        choice = verification_choice(
+            replies, decision.event_id, job.probability, pinned=decision.pinned
+        )
+        if choice == "skip":  # confident enough for the risk target: final as it stands
+            final = self._reply(job, "final", "unverified", result.text, result, result.role)
+            emit += [final, *self._timing(job, final)]
+            return Step(emit=emit, done=True)
+        job.audit = choice == "audit"
         job.draft = result
         # Unknown confidence (a remote model that gave no logprobs) is not "confident": no
         # preliminary goes out before the verifier has looked; it is not an escalation either,
@@ -350,6 +701,8 @@ class AnswerPolicy:
             result = result.model_copy(
                 update={"text": job.draft.text, "citations": job.draft.citations}
             )
+        if job.audit and job.draft is not None:
+            emit.append(self._audit_sample(job, job.draft, result))
         pinned_needed = replies.verifier_role in replies.require_citation_roles
         violations = self._validate(job, result, require_citation=pinned_needed)
         if violations:
@@ -482,6 +835,26 @@ class AnswerPolicy:
         final = self._reply(job, "final", status, result.text, result, result.role)
         return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
 
+    def _audit_sample(self, job: AnswerJob, draft: ModelResult, check: ModelResult) -> AuditSample:
+        """Did the verifier cite what the confident fast answer cited? (The measurement.)"""
+        decision = job.dispatch.decision
+        confidence = draft.confidence or 0.0
+        return AuditSample(
+            event_id=decision.event_id,
+            conversation_id=decision.conversation_id,
+            tenant_id=decision.tenant_id,
+            channel=decision.channel,
+            fast_role=draft.role,
+            fast_model=draft.model_version,
+            verifier_model=check.model_version,
+            agreed=set(_doc_ids(draft)) == set(_doc_ids(check)),
+            fast_doc_ids=_doc_ids(draft),
+            verifier_doc_ids=_doc_ids(check),
+            fast_confidence=confidence,
+            fast_probability=job.probability if job.probability is not None else confidence,
+            config_version=self.governance.version_id(),
+        )
+
     def _safe(self, job: AnswerJob, role: ModelRole, emit: list[AnswerOutput]) -> Step:
         text = self.governance.replies.safe_reply
         final = self._reply(job, "final", "withheld", text, None, role)
@@ -521,6 +894,7 @@ class AnswerPolicy:
             sources=job.sources,
             candidates=candidates,
             timeout_s=timeout,
+            intent=None if decision.tier == "trivial" else self.confident_intent(decision),
         )
         return purpose, spec
 
@@ -549,7 +923,7 @@ class AnswerPolicy:
             require_citation=need,
             policy_checks=replies.policy_checks,
             pinned_to=self.governance.compliance_roles() if job.dispatch.decision.pinned else None,
-            customer_ids=customer_doc_ids(job.dispatch.messages, job.dispatch.summary),
+            customer_ids=_customer_ids(job.dispatch),
         )
 
     def _cost(self, job: AnswerJob, purpose: CallPurpose, result: ModelResult) -> CostRecord:
@@ -620,7 +994,7 @@ class AnswerPolicy:
         self,
         job: AnswerJob,
         kind: Literal["preliminary", "final"],
-        status: Literal["verified", "unverified", "corrected", "withheld", "refused"],
+        status: Literal["verified", "unverified", "corrected", "withheld", "refused", "clarify"],
         text: str,
         result: ModelResult | None,
         route: ModelRole,
@@ -658,6 +1032,21 @@ class AnswerPolicy:
     def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:
         seconds = max(0.0, self.clock() - job.dispatch.dispatched_at)
         return [ReplyTiming(reply.kind, reply.route, seconds)]
+
+
+def _customer_ids(dispatch: Dispatch) -> frozenset[str]:
+    """Doc ids the customer named, in the prompt's turns and summary and in the compacted
+    turns themselves: a model-written summary must not launder one into a citation."""
+    said = (*dispatch.compacted, *dispatch.messages)
+    return customer_doc_ids(said, f"{dispatch.summary}\n{dispatch.earlier_summary}")
+
+
+def _with(ids: tuple[str, ...], *more: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*ids, *more)))
+
+
+def _without(ids: tuple[str, ...], *gone: str) -> tuple[str, ...]:
+    return tuple(i for i in ids if i not in gone)
 
 
 def _model_name(configured: str, result: ModelResult) -> str:

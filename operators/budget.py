@@ -43,10 +43,14 @@ from bytewax import operators as op
 from bytewax.operators import KeyedStream, StatefulLogic
 
 from splitpin.core import metrics
+from splitpin.core.summarizer import DIGEST_MAX_TOKENS, HEADER
+from splitpin.core.tokens import count_tokens
 from splitpin.operators.answering import DRAFT_OVERHEAD_TOKENS, CallPurpose, Dispatch
-from splitpin.operators.context_guard import PromptPlan
+from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS, PromptPlan
+from splitpin.operators.conversation_state import MAX_DIGESTS, Turn
 from splitpin.operators.prompt_messages import turn_messages
 from splitpin.operators.routing import RoutePlan
+from splitpin.operators.summaries import SUMMARIZER_ROLE, wants_model_summary
 from splitpin.schemas.decisions import ModelRole, RoutingDecision
 from splitpin.schemas.governance import GovernanceConfig, TenantBudget
 from splitpin.schemas.metrics import CostRecord
@@ -74,6 +78,9 @@ TERMINAL_PURPOSES: frozenset[str] = frozenset({"pinned", "reroute", "replan"})
 INSTEAD_PURPOSES: frozenset[str] = frozenset({"replan"})
 """Calls made only instead of all the others: they reserve only what the others' sum
 lacks of their own bound."""
+BESIDE_PURPOSES: frozenset[str] = frozenset({"summary"})
+"""Calls made before and beside all the others (the summarizer's): a re-plan replaces the
+answering calls, never these, so they do not count towards what it may draw on."""
 
 
 def _nanos_up(usd: float) -> int:
@@ -187,7 +194,8 @@ class BudgetGate:
         pinned = routed.choice.pinned
 
         def calls(plan: PromptPlan) -> tuple[CallBound, ...]:
-            return self.call_bounds(plan, pinned=pinned, tenant=tenant)
+            summary = summary_material(routed, plan, self.governance)
+            return self.call_bounds(plan, pinned=pinned, tenant=tenant, summary=summary)
 
         def cost(plan: PromptPlan) -> int:
             return sum(_amounts(calls(plan)).values())
@@ -229,15 +237,37 @@ class BudgetGate:
         return Verdict("refuse", None, 0.0, f"{why}; no allowed role is affordable")
 
     def call_bounds(
-        self, plan: PromptPlan, *, pinned: bool, tenant: TenantBudget
+        self,
+        plan: PromptPlan,
+        *,
+        pinned: bool,
+        tenant: TenantBudget,
+        summary: tuple[int, int] | None = None,
     ) -> tuple[CallBound, ...]:
-        """Every call operators/answering.py may make for a request planned as `plan`."""
+        """Every call operators/answering.py may make for a request planned as `plan`.
+        `summary`: the summarizer's material, (turns, tokens in its tokenizer), from
+        `summary_material`; None: assume some, at an upper bound (the whole window and
+        the held turns, twice)."""
         gov = self.governance
         replies = gov.replies
-        prompt = plan.prompt_tokens
+        if summary is None:
+            held = gov.conversation.window_tokens + gov.conversation.summary_source_tokens
+            summary = (1 if plan.summary else 0, 2 * (held + MAX_DIGESTS * DIGEST_MAX_TOKENS))
+        summarise = wants_model_summary(
+            gov.context,
+            tenant,
+            pinned=pinned,
+            compacted_turns=summary[0],
+            summary_limit=plan.summary_limit if plan.summary else 0,
+        )
+        # A model-written summary may be as long as the guard's limit, not the extractive one.
+        prompt = plan.max_prompt_tokens if summarise else plan.prompt_tokens
         bounds = [self._bound("pinned" if pinned else "primary", plan.role, prompt)]
         if pinned:  # one call; a failure or violation gets the safe reply
             return tuple(bounds)
+        if summarise:
+            counted = gov.context.system_prompt_tokens + summary[1]
+            bounds.append(self._bound("summary", SUMMARIZER_ROLE, counted))
         if tenant.allows(replies.verifier_role):  # after an answer, or instead of a failed one
             draft = gov.budgets.output_cap(gov.roles[plan.role]) + DRAFT_OVERHEAD_TOKENS
             bounds.append(self._bound("verify", replies.verifier_role, prompt + draft))
@@ -390,7 +420,7 @@ def _amounts(calls: tuple[CallBound, ...]) -> dict[str, int]:
     amounts: dict[str, int] = {
         b.purpose: b.nanos for b in calls if b.purpose not in INSTEAD_PURPOSES
     }
-    together = sum(amounts.values())
+    together = sum(n for p, n in amounts.items() if p not in BESIDE_PURPOSES)
     for bound in calls:
         if bound.purpose in INSTEAD_PURPOSES:
             amounts[bound.purpose] = max(0, bound.nanos - together)
@@ -493,7 +523,48 @@ def build_dispatch(
     turns = routed.window[len(routed.window) - included :] if included else ()
     messages = turn_messages(turns)
     summary = plan.summary if plan is not None else ""
-    return Dispatch(decision, messages, summary, dispatched_at=time.time())
+    return Dispatch(
+        decision,
+        messages,
+        summary,
+        dispatched_at=time.time(),
+        compacted=turn_messages(_compacted(routed, plan)),
+        earlier_summary=earlier_summary(routed.earlier_digests),
+        summary_limit=plan.summary_limit if plan is not None else 0,
+    )
+
+
+def _compacted(routed: RoutePlan, plan: PromptPlan | None) -> tuple[Turn, ...]:
+    """Every turn `plan`'s summary stands for that is still held in full: those that left
+    the conversation window (newest, `RoutePlan.left`), then the window's turns the guard
+    left out of the prompt."""
+    if plan is None or not plan.summary:
+        return ()
+    dropped = routed.window[: len(routed.window) - plan.included_turns]
+    return (*routed.left, *dropped)
+
+
+def earlier_summary(digests: tuple[str, ...]) -> str:
+    """Digests of turns that left the conversation window, as the summarizer's prior summary."""
+    return "\n".join([HEADER, *digests]) if digests else ""
+
+
+def summary_material(
+    routed: RoutePlan, plan: PromptPlan, governance: GovernanceConfig
+) -> tuple[int, int]:
+    """The summarizer's material for `plan`: (turns held in full, tokens in its tokenizer
+    of what the summary call sends besides the system prompt: those turns and the digests
+    of older ones)."""
+    encoding = governance.roles[SUMMARIZER_ROLE].tokenizer
+    compacted = _compacted(routed, plan)
+    tokens = sum(
+        (turn.counts.get(encoding) or count_tokens(turn.text, encoding)) + MESSAGE_OVERHEAD_TOKENS
+        for turn in compacted
+    )
+    earlier = earlier_summary(routed.earlier_digests)
+    if earlier:
+        tokens += count_tokens(earlier, encoding) + MESSAGE_OVERHEAD_TOKENS
+    return len(compacted), tokens
 
 
 class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):

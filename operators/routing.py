@@ -81,6 +81,10 @@ class RoutePlan:
     elapsed_s: float = 0.0
     window: tuple[Turn, ...] = ()
     """The conversation's recent turns at this point; the prompt's messages come from them."""
+    left: tuple[Turn, ...] = ()
+    """The newest turns that left the conversation window, in full (summarizer material)."""
+    earlier_digests: tuple[str, ...] = ()
+    """Digests of older turns no longer held in full (the summarizer's prior summary)."""
 
 
 CacheKey = str
@@ -145,6 +149,8 @@ class Router:
             earlier_summarised_turns=state.compacted_turns,
             elapsed_s=observation.elapsed_s + time.perf_counter() - started,
             window=tuple(state.window),
+            left=tuple(state.left),
+            earlier_digests=state.earlier_digests(),
         )
 
     def choose(self, observation: TurnObservation, classification: Classification) -> RouteChoice:
@@ -272,10 +278,16 @@ class Router:
                 candidate = attempt(role, compact=True)
                 if isinstance(candidate, PromptPlan):
                     summarizer = gov.roles["summarizer"]
+                    how = (
+                        f"extractive, rewritten by the model if it fits "
+                        f"{candidate.summary_limit} tokens"
+                        if gov.context.summarizer == "model" and not choice.pinned
+                        else "extractive, local"
+                    )
                     reasons.append(
                         f"compacted {candidate.compacted_turns} older turn(s) into a "
                         f"{candidate.summary_tokens}-token summary (summarizer role "
-                        f"{summarizer.pinned_id}, extractive, local) to fit {role} window "
+                        f"{summarizer.pinned_id}, {how}) to fit {role} window "
                         f"{candidate.limit}"
                     )
                     chosen = candidate

@@ -184,6 +184,22 @@ class ContextConfig(_Frozen):
         default=("fast", "long_context"),
         description="Roles tried, in order, when the routed role's window is too small.",
     )
+    summarizer: Literal["model", "extractive"] = Field(
+        default="extractive",
+        description="model: the summarizer role writes the summary of compacted turns (off "
+        "the worker, cached per conversation, extractive on failure); extractive: the first "
+        "sentence of each turn, written locally.",
+    )
+    summary_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of a summary call; past it the extractive summary is used.",
+    )
+    summary_cache_entries: int = Field(
+        default=10_000,
+        ge=0,
+        description="Conversations whose model-written summary a process keeps for reuse.",
+    )
 
 
 class TenantBudget(_Frozen):
@@ -257,6 +273,12 @@ class ConversationConfig(_Frozen):
     )
     dedupe_capacity: int = Field(
         default=1024, gt=0, description="Event ids remembered per conversation for idempotency."
+    )
+    summary_source_tokens: int = Field(
+        default=16_384,
+        ge=0,
+        description="Turns that left the window kept in full (routing encoding) as the "
+        "summarizer's material; older ones only as one-line digests.",
     )
 
     @model_validator(mode="after")
@@ -342,6 +364,39 @@ def _default_policy_checks() -> tuple[PolicyCheck, ...]:
     )
 
 
+HedgeMode = Literal["off", "immediate", "after_quantile"]
+
+
+class HedgingConfig(_Frozen):
+    """Hedged verification: start the verifier before the fast pass has answered, so the
+    tail is the faster of the two paths; the first valid final answer wins."""
+
+    enabled: bool = Field(default=False, description="The off-switch: false never hedges.")
+    chat: HedgeMode = Field(
+        default="after_quantile",
+        description="immediate: verifier with the fast pass; after_quantile: once the fast "
+        "pass is slower than `quantile` of its recent latencies; off: one after the other.",
+    )
+    email: HedgeMode = Field(
+        default="immediate",
+        description="Email only ever shows the verified reply: waiting for the draft is "
+        "pure latency.",
+    )
+    quantile: float = Field(
+        default=0.9, gt=0, lt=1, description="Of the routed role's latency, per role."
+    )
+    prior_s: float = Field(
+        default=2.0, gt=0, description="The hedge delay until `min_samples` latencies are seen."
+    )
+    min_samples: int = Field(default=20, ge=1, description="Latencies before the estimate.")
+    window: int = Field(default=256, ge=1, description="Recent latencies kept per role.")
+
+    def mode(self, channel: str) -> HedgeMode:
+        if not self.enabled:
+            return "off"
+        return self.email if channel == "email" else self.chat
+
+
 class RepliesConfig(_Frozen):
     """Two-phase replies: when a fast answer goes out, and what happens when checks fail."""
 
@@ -388,6 +443,16 @@ class RepliesConfig(_Frozen):
         min_length=1,
         description="Sent when routing refused the request (context overflow, budget).",
     )
+    clarify_reply: str = Field(
+        default=(
+            "Thank you for your message. We are not sure we understood what you need: could "
+            "you tell us a little more? If it is something we do not cover here, a member of "
+            "our support team will follow up."
+        ),
+        min_length=1,
+        description="Sent, without a model call, for an out-of-scope message or an intent "
+        "the tenant's knowledge base does not cover (status `clarify`).",
+    )
     policy_checks: tuple[PolicyCheck, ...] = Field(
         default_factory=_default_policy_checks,
         description="Patterns a reply must not contain; a match withholds it.",
@@ -395,6 +460,33 @@ class RepliesConfig(_Frozen):
     require_citation_roles: tuple[ModelRole, ...] = Field(
         default=("compliance",),
         description="Replies from these roles (and any pinned reply) need at least one citation.",
+    )
+    hedging: HedgingConfig = Field(
+        default_factory=HedgingConfig,
+        description="Start the verifier without waiting for the fast pass (per channel).",
+    )
+    verify: Literal["always", "below_confidence", "audit"] = Field(
+        default="always",
+        description="When the verifier reads a fast answer. always: every non-trivial one; "
+        "below_confidence: only when its calibrated probability of being right is under "
+        "verify_min_probability (unknown confidence is always verified); audit: "
+        "below_confidence, plus audit_fraction of the confident ones, chosen by a hash of "
+        "the event id, whose agreement with the verifier goes to replies.audit. Pinned "
+        "traffic is answered and verified by its pinned role whatever this says.",
+    )
+    verify_min_probability: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="The risk target: a fast answer at least this likely to be right is final "
+        "without the verifier (below_confidence, audit).",
+    )
+    audit_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="audit: the share of confident fast answers still verified, to measure "
+        "the fast path's live accuracy.",
     )
 
 
@@ -428,6 +520,14 @@ class KnowledgeConfig(_Frozen):
     default_kb: KnowledgeBaseName = "banking77"
     tenants: dict[str, KnowledgeBaseName] = Field(default_factory=_default_tenant_kbs)
     top_k: int = Field(default=4, ge=1, le=20, description="Articles retrieved per request.")
+    intent_min_confidence: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="At or above this router intent confidence the tenant's article of that "
+        "intent is attached first, besides the embedding search; and a KB that uses the "
+        "router's intents but lacks this one gets replies.clarify_reply instead of a guess.",
+    )
 
     @field_validator("bases", mode="after")
     @classmethod

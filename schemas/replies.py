@@ -28,7 +28,7 @@ class Reply(WireModel):
         "out), so reply_id + revision names one record across recoveries.",
     )
     kind: Literal["preliminary", "final"]
-    status: Literal["verified", "unverified", "corrected", "withheld", "refused"]
+    status: Literal["verified", "unverified", "corrected", "withheld", "refused", "clarify"]
     conversation_id: str
     tenant_id: str
     channel: Channel

@@ -141,12 +141,39 @@ def topics_list() -> None:
 
 @app.command("run")
 def run(
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Workers per process.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="Workers per process [env: SPLITPIN_WORKERS, BYTEWAX_WORKERS_PER_PROCESS; 1].",
+        ),
+    ] = None,
     process_id: Annotated[
-        int | None, typer.Option("--process-id", "-i", help="This process's index in a cluster.")
+        int | None,
+        typer.Option(
+            "--process-id",
+            "-i",
+            help="This process's index in a cluster [env: SPLITPIN_PROCESS_ID, "
+            "BYTEWAX_PROCESS_ID, or the StatefulSet pod ordinal; docs/operations.md#cluster].",
+        ),
     ] = None,
     addresses: Annotated[
-        str | None, typer.Option("--addresses", "-a", help="host:port;host:port of all processes.")
+        str | None,
+        typer.Option(
+            "--addresses",
+            "-a",
+            help="host:port;host:port of all processes [env: SPLITPIN_ADDRESSES, "
+            "BYTEWAX_ADDRESSES, a hostfile, or the StatefulSet's headless Service].",
+        ),
+    ] = None,
+    hostfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--hostfile",
+            dir_okay=False,
+            help="A file with one host:port per process [env: BYTEWAX_HOSTFILE_PATH].",
+        ),
     ] = None,
     no_recovery: Annotated[
         bool, typer.Option("--no-recovery", help="Run without snapshots (not for production).")
@@ -176,28 +203,34 @@ def run(
     ] = None,
 ) -> None:
     """Run the routing dataflow (with Bytewax recovery unless --no-recovery)."""
-    from splitpin.app.runner import run_flow
+    from splitpin.app.cluster import resolve_cluster
 
+    cluster = resolve_cluster(
+        os.environ, process_id=process_id, addresses=addresses, hostfile=hostfile, workers=workers
+    )
     if canary is not None:
         from splitpin.app.canary import run_canary
 
-        if process_id is not None or addresses:
-            msg = "--canary runs in one process: drop --process-id/--addresses"
+        if cluster.process_id is not None:
+            msg = f"--canary runs in one process: drop the cluster settings ({cluster.source})"
             raise ConfigError(msg)
         run_canary(
             _settings(),
             canary,
-            workers=workers,
+            workers=cluster.workers,
             recovery=not no_recovery,
             tail=not until_eof,
             reset=reset,
         )
         return
+    from splitpin.app.runner import run_flow
+
     run_flow(
         _settings(),
-        workers=workers,
-        process_id=process_id,
-        addresses=addresses.split(";") if addresses else None,
+        workers=cluster.workers,
+        process_id=cluster.process_id,
+        addresses=list(cluster.addresses) if cluster.addresses else None,
+        cluster_source=cluster.source,
         recovery=not no_recovery,
         tail=not until_eof,
         reset=reset,

@@ -190,9 +190,20 @@ def run_flow(
     tail: bool = True,
     reset: bool = False,
     canary: CanaryMode | None = None,
+    cluster_source: str = "",
 ) -> None:
     """Validate config and the start-up conditions (fail fast, naming the fix), then run."""
     _ = settings.governance
+    if process_id is not None and addresses:
+        # Resolved by splitpin.app.cluster (flags, environment, hostfile or StatefulSet).
+        log.warning(
+            "cluster: process %d of %d (%s), %d worker(s) each%s",
+            process_id,
+            len(addresses),
+            ";".join(addresses),
+            workers,
+            f"; {cluster_source}" if cluster_source else "",
+        )
     watcher = ShutdownWatcher(settings.shutdown_timeout_s)
     watcher.install()
     check_start(settings, recovery=recovery, reset=reset, check_topics=canary is None)

@@ -13,19 +13,21 @@ the local fleet), `error.type` -> `error_type`. Their values come from the confi
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import (
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    start_http_server,
-)
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 if TYPE_CHECKING:
     from splitpin.schemas.metrics import CostRecord
+
+WsgiEnviron = dict[str, Any]
+WsgiStartResponse = Callable[..., Any]
+WsgiApp = Callable[[WsgiEnviron, WsgiStartResponse], Iterable[bytes]]
 
 # Before any metric exists: counters and histograms would each export a `_created` series
 # (a timestamp per child) that no dashboard reads and that doubles the series count.
@@ -119,6 +121,13 @@ REPLY_SECONDS = Histogram(
     ["kind", "route"],
     buckets=CALL_BUCKETS,
 )
+HEDGES = Counter(
+    "splitpin_hedged_calls_total",
+    "Hedged verifications: started (the verifier ran without waiting for the fast pass), "
+    "won (its final came while the fast pass was still running), cancelled (a call of a "
+    "hedged pair stopped because the other made it unnecessary).",
+    ["channel", "outcome"],
+)
 ESCALATIONS = Counter(
     "splitpin_escalations_total",
     "Answers handed to a stronger role.",
@@ -195,10 +204,52 @@ def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
     _child(counter, labels).inc(amount)
 
 
+LIVE_PATH = "/livez"
+READY_PATH = "/readyz"
+INPUT_SNAPSHOTS = Counter(
+    "splitpin_input_snapshots_total",
+    "Input partition snapshots taken in this process: one per owned Kafka partition per "
+    "closed epoch; /readyz turns 200 at the first.",
+)
+_first_epoch = threading.Event()
+
+
+def epoch_closed() -> None:
+    """A source partition was snapshotted: this process has joined the cluster and closed
+    an epoch, so /readyz answers 200 from now on (Kubernetes' readiness probe)."""
+    INPUT_SNAPSHOTS.inc()
+    _first_epoch.set()
+
+
+def _health_app(metrics_app: WsgiApp) -> WsgiApp:
+    """/livez: the process serves (the flow thread is not blocked from HTTP); /readyz: 200
+    only after the first closed epoch, else 503; anything else is the metrics app."""
+
+    def app(environ: WsgiEnviron, start_response: WsgiStartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == LIVE_PATH or (path == READY_PATH and _first_epoch.is_set()):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == READY_PATH:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"no epoch closed yet\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
 def serve(port: int) -> None:
-    """Expose the default registry (ours and Bytewax's own) on `port`; 0 disables it."""
+    """Expose the default registry (ours and Bytewax's own) on `port`, with /livez and
+    /readyz beside /metrics; 0 disables it."""
     if port:
-        start_http_server(port)
+        server = make_server(
+            "0.0.0.0",  # all interfaces: probes and scrapes come from outside the pod
+            port,
+            _health_app(make_wsgi_app()),
+            ThreadingWSGIServer,
+            handler_class=_SilentHandler,
+        )
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 LATE_COST_RECORDS = Counter(
@@ -228,3 +279,24 @@ CANARY_COST_RATIO = Gauge(
     "Last closed window: canary / primary cost per conversation.",
     ["route"],
 )
+AUDITS = Counter(
+    "splitpin_audit_total",
+    "`replies.verify: audit`: confident fast answers verified anyway, by whether the "
+    'verifier cited the same sources (agreed="true") or not.',
+    ["agreed"],
+)
+AUDIT_AGREEMENT = Gauge(
+    "splitpin_audit_agreement_ratio",
+    "Share of audited fast answers the verifier agreed with, since this process started: "
+    "the live accuracy of the answers the fast path finishes alone.",
+)
+_audit_counts = [0, 0]
+"""[audited, agreed] in this process, for the running ratio."""
+
+
+def observe_audit(agreed: bool) -> None:
+    """One audited answer into the counter pair and the running agreement ratio."""
+    count(AUDITS, "true" if agreed else "false")
+    _audit_counts[0] += 1
+    _audit_counts[1] += agreed
+    AUDIT_AGREEMENT.set(_audit_counts[1] / _audit_counts[0])

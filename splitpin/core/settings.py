@@ -54,6 +54,10 @@ class TopicNames(BaseModel):
         default="replies.validation-failures", description="ValidationFailure."
     )
     metrics: str = Field(default="routing.metrics", description="CostRecord per model call.")
+    replies_audit: str = Field(
+        default="replies.audit",
+        description="AuditSample: an audited fast answer and whether the verifier agreed.",
+    )
     metrics_windowed: str = Field(
         default="routing.metrics.windowed", description="Per tenant x model x minute."
     )

@@ -14,7 +14,9 @@ in the role's tokenizer, honest `local-...` model versions, typed errors, and
 
 Confidence is a logistic of the score margin between the best and second-best article
 (see `margin_confidence`); the constants were fitted on banking77 held-out rows that
-are not in the test fixture (docs/local_fleet.md). A responder never cites a document
+are not in the test fixture (docs/local_fleet.md). It is reported raw; a probability of
+being right is `splitpin.providers.calibration.probability_right` (docs/calibration.md).
+A responder never cites a document
 that is not attached: with no sources it answers from its own retrieval, uncited, with
 confidence capped at UNCITED_CONFIDENCE_CAP.
 

@@ -14,10 +14,13 @@ from splitpin.operators.answering import (
     CallSpec,
     Dispatch,
     Escalation,
+    Probability,
     ReplyTiming,
+    calibrated_probability,
 )
 from splitpin.operators.model_calls import CallFailed
 from splitpin.providers.base import CONFIRM, Message, ModelResult, SourceDoc, Usage
+from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Citation, Reply
 from splitpin.schemas.validation import ValidationFailure
@@ -59,9 +62,16 @@ def _source_of(doc: str) -> str:
 Script = Callable[[CallSpec], ModelResult | CallFailed]
 
 
-def drive(dispatch: Dispatch, script: Script) -> tuple[list[AnswerOutput], list[str]]:
+def drive(
+    dispatch: Dispatch,
+    script: Script,
+    gov: GovernanceConfig = GOV,
+    probability: Probability = calibrated_probability,
+) -> tuple[list[AnswerOutput], list[str]]:
     """Run the policy to the end; returns everything emitted and the purposes called."""
-    policy = AnswerPolicy(GOV, runner=_unused, clock=lambda: T0.timestamp() + 2.0)
+    policy = AnswerPolicy(
+        gov, runner=_unused, clock=lambda: T0.timestamp() + 2.0, probability=probability
+    )
     job, step = policy.open(dispatch)
     emitted: list[AnswerOutput] = list(step.emit)
     called: list[str] = []

@@ -94,7 +94,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.bootstrap_servers == "broker:29092"
     assert settings.topic("decisions") == "canary.decisions.v2"
     assert settings.topic("events") == "canary.conversations.events"
-    assert len(settings.all_topics()) == 9  # 7 of the flow, governance and its audit
+    assert len(settings.all_topics()) == 10  # 8 of the flow, governance and its audit
 
 
 def test_invalid_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
