@@ -244,7 +244,9 @@ def build_flow(
         tokens.encoding(name)
     providers, retriever = backends or build_model_backends(governance, loaded)
     gateway = ModelGateway(governance, providers, retriever, frozenset(loaded.intent_labels))
-    answer_policy = AnswerPolicy(governance, gateway.run, covers=gateway.covers)
+    answer_policy = AnswerPolicy(
+        governance, gateway.run, covers=gateway.covers, judges=gateway.judges
+    )
     calls = governance.providers
     executor = shared_executor(calls.max_in_flight)
     metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)

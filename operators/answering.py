@@ -252,6 +252,12 @@ class AnswerPolicy:
     covers: Callable[[str, str], bool] | None = None
     """(tenant_id, intent) -> does the tenant's KB have that intent's article
     (ModelGateway.covers); None: unknown, only out-of-scope messages get the clarify reply."""
+    judges: Callable[[str], bool] | None = None
+    """tenant_id -> is the tenant's KB keyed by the router's intents (ModelGateway.judges).
+    The router's out-of-scope verdict is about its own domains: for a tenant whose KB is
+    about something else (ABCD, a tenant's own articles) it says nothing, so such a tenant
+    is answered from retrieval rather than told its question is out of scope. None: judge
+    every tenant."""
     summaries: SummaryCache | None = None
     """Model-written summaries per conversation (operators/summaries.py); None: one is made
     from `context.summary_cache_entries`."""
@@ -380,7 +386,10 @@ class AnswerPolicy:
             and self.covers is not None
             and not self.covers(decision.tenant_id, intent)
         )
-        if decision.features.get("out_of_scope") is not True and not uncovered:
+        out_of_scope = decision.features.get("out_of_scope") is True and (
+            self.judges is None or self.judges(decision.tenant_id)
+        )
+        if not out_of_scope and not uncovered:
             return None
         text = self.governance.replies.clarify_reply
         reply = self._reply(job, "final", "clarify", text, None, decision.role)

@@ -107,6 +107,12 @@ class ModelGateway:
             found = with_intent_article(self.retriever.intent_source(kb, spec.intent), found, cap)
         return within_budget(found, budget, encoding)
 
+    def judges(self, tenant_id: str) -> bool:
+        """Whether the tenant's KB is keyed by the router's intents, so the router's
+        out-of-scope and coverage verdicts speak about it."""
+        labels = self.retriever.intents(self.governance.knowledge.kb_for(tenant_id))
+        return bool(labels & self.router_intents)
+
     def covers(self, tenant_id: str, intent: str) -> bool:
         """False only when the tenant's KB is keyed by the router's intents and lacks this
         one (a KB with other labels, e.g. ABCD's flows, cannot be judged: True)."""
