@@ -57,10 +57,10 @@ def test_session_broker_answers_metadata(kafka_bootstrap: str) -> None:
     assert admin_client(kafka_bootstrap).list_topics(timeout=10).brokers
 
 
-def test_create_topics_makes_all_nine_and_is_idempotent(kafka_bootstrap: str) -> None:
+def test_create_topics_makes_every_topic_and_is_idempotent(kafka_bootstrap: str) -> None:
     settings = unique_settings(kafka_bootstrap)
     names = list(settings.all_topics().values())
-    assert len(names) == 9  # the flow's 7, governance and governance.audit
+    assert len(names) == 10  # the flow's 7, replies.audit, governance and governance.audit
     try:
         first = create_topics(settings, partitions=3)
         assert first == [f"created {name} (3 partitions)" for name in names]
