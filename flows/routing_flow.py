@@ -30,7 +30,6 @@ from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source, StatefulSourcePartition
-from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from splitpin.core import metrics, tokens
@@ -54,16 +53,16 @@ from splitpin.operators.budget import (
     BudgetGate,
     BudgetInput,
     BudgetOutput,
-    _TenantLogic,
+    tenant_logic,
 )
 from splitpin.operators.call_executor import shared_executor
-from splitpin.operators.classify import Classified, MemoizedClassifier, classify_events
+from splitpin.operators.classify import MemoizedClassifier, classify_events
 from splitpin.operators.cost_windows import window_costs, windowable
 from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event, parse_record
 from splitpin.operators.isolation import Failed, Isolation
 from splitpin.operators.model_calls import CallPolicy, JobErrorHandler, model_calls, shard_of
 from splitpin.operators.model_gateway import Completer, ModelGateway, SourceFinder
-from splitpin.operators.routing import RoutePlan, Router, _ConversationLogic
+from splitpin.operators.routing import RoutePlan, Router, conversation_logic
 from splitpin.operators.sampling import mark_shadow, mirrored, require_prefix
 from splitpin.providers.setup import build_model_backends
 from splitpin.schemas.audit_sample import AuditSample
@@ -287,12 +286,7 @@ def build_flow(
         "classify", classify_events("classify", events, memoized, classify_failed), dead
     )
     by_conversation = op.key_on("by-conversation", classified, lambda item: item[0].conversation_id)
-    tracker = router.tracker()
-
-    def conversation_logic(resume: bytes | None) -> StatefulLogic[Classified, RoutePlan, bytes]:
-        return _ConversationLogic(router, tracker, resume)
-
-    conversations = guard.stateful("conversation", by_conversation, conversation_logic)
+    conversations = guard.stateful("conversation", by_conversation, conversation_logic(router))
     routed = _ok("conversation", op.key_rm("unkey-conversation", conversations), dead)
 
     def observe_latency(plan: RoutePlan) -> RoutePlan:
@@ -317,10 +311,7 @@ def build_flow(
         "by-tenant", budget_inputs, _tenant_of if canary is None else lambda _: SHADOW_LEDGER
     )
 
-    def tenant_logic(resume: bytes | None) -> StatefulLogic[BudgetInput, BudgetOutput, bytes]:
-        return _TenantLogic(gate, resume)
-
-    tenants = guard.stateful("budget", by_tenant, tenant_logic)
+    tenants = guard.stateful("budget", by_tenant, tenant_logic(gate))
     outcomes: Stream[BudgetOutput] = _ok("budget", op.key_rm("unkey-tenant", tenants), dead)
 
     gated = op.branch("dispatched", outcomes, lambda item: isinstance(item, Dispatch))

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-from bytewax import operators as op
-from bytewax.operators import KeyedStream, StatefulLogic
+from bytewax.operators import StatefulLogic
 
 from splitpin.core import metrics
 from splitpin.core.summarizer import DIGEST_MAX_TOKENS, HEADER
@@ -614,12 +613,13 @@ def _restore(gate: BudgetGate, resume: bytes) -> TenantLedger:
     return fresh
 
 
-def gate_budgets(
-    step_id: str, items: KeyedStream[BudgetInput], gate: BudgetGate
-) -> KeyedStream[BudgetOutput]:
-    """Keyed by tenant_id upstream: RoutePlans to admit and CostRecords to reconcile."""
+def tenant_logic(
+    gate: BudgetGate,
+) -> Callable[[bytes | None], StatefulLogic[BudgetInput, BudgetOutput, bytes]]:
+    """The builder of the per-tenant logic (keyed by tenant_id upstream: RoutePlans to admit,
+    CostRecords to reconcile), for the flow to run under its error isolation."""
 
-    def build(resume: bytes | None) -> _TenantLogic:
+    def build(resume: bytes | None) -> StatefulLogic[BudgetInput, BudgetOutput, bytes]:
         return _TenantLogic(gate, resume)
 
-    return op.stateful(step_id, items, build)
+    return build

@@ -22,11 +22,11 @@ from __future__ import annotations
 import pickle
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from bytewax import operators as op
-from bytewax.operators import KeyedStream, StatefulLogic
+from bytewax.operators import StatefulLogic
 
 from splitpin.core import metrics
 from splitpin.core.router.classifier import Classification
@@ -389,13 +389,14 @@ class _ConversationLogic(StatefulLogic[Classified, RoutePlan, bytes]):
         return pickle.dumps((self._state, self._evict_at), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def route_conversations(
-    step_id: str, classified: KeyedStream[Classified], router: Router
-) -> KeyedStream[RoutePlan]:
-    """Keyed by conversation_id upstream; one RoutePlan per new customer turn."""
+def conversation_logic(
+    router: Router,
+) -> Callable[[bytes | None], StatefulLogic[Classified, RoutePlan, bytes]]:
+    """The builder of the per-conversation logic (keyed by conversation_id upstream; one
+    RoutePlan per new customer turn), for the flow to run under its error isolation."""
     tracker = router.tracker()
 
-    def build(resume: bytes | None) -> _ConversationLogic:
+    def build(resume: bytes | None) -> StatefulLogic[Classified, RoutePlan, bytes]:
         return _ConversationLogic(router, tracker, resume)
 
-    return op.stateful(step_id, classified, build)
+    return build
