@@ -10,21 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from bytewax.testing import TestingSink, TestingSource, run_main
 
 from splitpin.core.router.classifier import Classifier
-from splitpin.core.settings import REPO_ROOT, load_settings
-from splitpin.flows.routing_flow import FlowInputs, build_flow
-from splitpin.flows.sink import OutRecord
-from splitpin.schemas import decode
+from splitpin.core.settings import load_settings
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
+from tests.governance_files import one_role_at_api, save_config
+from tests.in_memory_flow import run_in_memory
 from tests.model_api_server import ModelApiServer, succeed
 
 INVENTED = "Your card is on its way.\nReferences: 1) InternalDoc-42"
@@ -43,11 +39,7 @@ def test_a_reply_citing_an_unattached_document_is_never_delivered(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    config["roles"]["fast"].update(provider="openai", base_url=api.openai_url, retry_budget=0)
-    config["providers"] = {"mode": "auto"}
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = save_config(one_role_at_api(api, "fast", retry_budget=0), tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -61,21 +53,10 @@ def test_a_reply_citing_an_unattached_document_is_never_delivered(
             [(questions[0], "chat"), (questions[1], "chat"), (questions[0], "email")]
         )
     ]
-    out: list[OutRecord] = []
-    flow = build_flow(
-        settings,
-        inputs=FlowInputs(TestingSource(records)),
-        sink=TestingSink(out),
-        classifier=classifier,
-    )
-    run_main(flow)
-
-    def on(topic: str) -> list[bytes]:
-        return [r.value for r in out if r.topic == f"inv.{topic}"]
-
-    replies = [decode(Reply, v) for v in on("conversations.replies")]
-    failures = [decode(ValidationFailure, v) for v in on("replies.validation-failures")]
-    costs = [decode(CostRecord, v) for v in on("routing.metrics")]
+    out = run_in_memory(settings, records, classifier)
+    replies = out.decoded(Reply, "replies")
+    failures = out.decoded(ValidationFailure, "validation_failures")
+    costs = out.decoded(CostRecord, "metrics")
 
     assert api.count() == 3, "one fast call per event, no retries of a deterministic failure"
     assert all(c.doc_id != "InternalDoc-42" for r in replies for c in r.citations)

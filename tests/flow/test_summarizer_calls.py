@@ -17,19 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from bytewax.testing import TestingSink, TestingSource, run_main
 
 from splitpin.core.router.classifier import Classifier
-from splitpin.core.settings import REPO_ROOT, load_settings
-from splitpin.flows.routing_flow import FlowInputs, build_flow
-from splitpin.flows.sink import OutRecord
+from splitpin.core.settings import load_settings
 from splitpin.providers.prompting import SUMMARIZE_INSTRUCTIONS
-from splitpin.schemas import decode
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
+from tests.governance_files import save_config, shipped_config
+from tests.in_memory_flow import FlowOutput, run_in_memory
 from tests.model_api_server import OPENAI_PATH, ModelApiServer, server_error
 
 LONG = (
@@ -52,14 +49,12 @@ PREFIX = "sum."
 
 
 def write_governance(tmp_path: Path, **summarizer: Any) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     config["conversation"]["window_tokens"] = 300
     config["context"]["summarizer"] = "model"
     config["context"]["summary_timeout_s"] = 10
     config["roles"]["summarizer"].update(summarizer)
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return save_config(config, tmp_path)
 
 
 @pytest.fixture
@@ -70,7 +65,7 @@ def no_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     yield
 
 
-def run_conversation(classifier: Classifier, governance_path: Path) -> list[OutRecord]:
+def run_conversation(classifier: Classifier, governance_path: Path) -> FlowOutput:
     settings = load_settings(
         topic_prefix=PREFIX, governance_path=governance_path, max_past_skew_s=T0_PAST_SKEW_S
     )
@@ -78,29 +73,15 @@ def run_conversation(classifier: Classifier, governance_path: Path) -> list[OutR
         raw(event_dict(event_id, "c-long", text=text, at_s=n * 20), offset=n)
         for n, (event_id, text) in enumerate(TURNS)
     ]
-    out: list[OutRecord] = []
-    flow = build_flow(
-        settings,
-        inputs=FlowInputs(TestingSource(records)),
-        sink=TestingSink(out),
-        classifier=classifier,
-    )
-    run_main(flow)
-    return out
+    return run_in_memory(settings, records, classifier)
 
 
 def decoded(
-    out: list[OutRecord],
+    out: FlowOutput,
 ) -> tuple[dict[str, RoutingDecision], list[CostRecord], dict[str, Reply]]:
-    decisions = {
-        d.event_id: d
-        for d in (
-            decode(RoutingDecision, r.value) for r in out if r.topic == f"{PREFIX}routing.decisions"
-        )
-    }
-    costs = [decode(CostRecord, r.value) for r in out if r.topic == f"{PREFIX}routing.metrics"]
-    replies = [decode(Reply, r.value) for r in out if r.topic == f"{PREFIX}conversations.replies"]
-    finals = [r for r in replies if r.kind == "final"]
+    decisions = {d.event_id: d for d in out.decoded(RoutingDecision, "decisions")}
+    costs = out.decoded(CostRecord, "metrics")
+    finals = [r for r in out.decoded(Reply, "replies") if r.kind == "final"]
     assert len(finals) == len({r.reply_id for r in finals}), "one final per event"
     return decisions, costs, {r.reply_id: r for r in finals}
 

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from bytewax.testing import TestingSink, TestingSource, run_main
 
 from splitpin.core.router.classifier import Classifier
-from splitpin.core.settings import REPO_ROOT, load_settings
-from splitpin.flows.routing_flow import FlowInputs, build_flow
-from splitpin.flows.sink import OutRecord
-from splitpin.schemas import decode
+from splitpin.core.settings import load_settings
 from splitpin.schemas.replies import Reply
 from tests.factories import T0_PAST_SKEW_S, event_dict, raw
+from tests.governance_files import save_config, shipped_config
+from tests.in_memory_flow import run_in_memory
 
 ACME_ARTICLES: list[dict[str, Any]] = [
     {
@@ -60,11 +57,10 @@ def test_a_tenant_with_its_own_kb_is_answered_from_it(
     conf.mkdir()
     kb = conf / "acme-faq.jsonl"
     kb.write_text("".join(json.dumps(a) + "\n" for a in ACME_ARTICLES), encoding="utf-8")
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     config["knowledge"]["bases"] = {"acme-faq": "acme-faq.jsonl"}  # relative to the config
     config["knowledge"]["tenants"]["acme-bank"] = "acme-faq"
-    path = conf / "governance.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path = save_config(config, conf)
     for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -82,16 +78,7 @@ def test_a_tenant_with_its_own_kb_is_answered_from_it(
         raw(event_dict(eid, f"c-{eid}", text=text, channel=channel, tenant_id=tenant), offset=n)
         for n, (eid, tenant, channel, text) in enumerate(asks)
     ]
-    out: list[OutRecord] = []
-    flow = build_flow(
-        settings,
-        inputs=FlowInputs(TestingSource(records)),
-        sink=TestingSink(out),
-        classifier=classifier,
-    )
-    run_main(flow)
-
-    replies = [decode(Reply, r.value) for r in out if r.topic == "tkb.conversations.replies"]
+    replies = run_in_memory(settings, records, classifier).decoded(Reply, "replies")
     finals = {r.reply_id: r for r in replies if r.kind == "final"}
     assert set(finals) == {eid for eid, *_ in asks}, "every event gets exactly one final"
     assert len(finals) == len([r for r in replies if r.kind == "final"])

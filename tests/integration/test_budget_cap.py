@@ -18,17 +18,17 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.schemas import decode
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, event_dict
 from tests.flow_process import running_flow
+from tests.governance_files import remote_config, save_config
 from tests.kafka_helpers import read_until
 from tests.model_api_server import ModelApiServer, grounded, succeed
 
@@ -60,17 +60,11 @@ def capped_governance(
     tmp_path: Path, api: ModelApiServer, output_cap: int | None, limit_usd: float = LIMIT_USD
 ) -> Path:
     """The shipped config, every role on the fake API, acme-bank limited to `limit_usd`."""
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    for role in config["roles"].values():
-        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
-        role.update(base_url=url, timeout_s=30, retry_budget=0)
-    config["providers"] = {"mode": "remote", "max_in_flight": 16}
+    config = remote_config(api, max_in_flight=16, timeout_s=30, retry_budget=0)
     config["budgets"]["tenants"]["acme-bank"] = {"limit_usd": limit_usd}
     if output_cap is not None:
         config["budgets"]["max_output_tokens_per_call"] = output_cap
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(config, tmp_path)
 
 
 def publish_burst(settings: Settings, numbers: range) -> list[str]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitpin.app.replay import replay_file
@@ -31,6 +30,7 @@ from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
 from tests.flow_process import running_flow
+from tests.governance_files import save_config, shipped_config
 from tests.kafka_helpers import free_ports, read_until
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ PARAGRAPH = (
 
 def small_windows(tmp_path: Path) -> Path:
     """Shipped config with windows small enough that one conversation outgrows them all."""
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     windows = {
         "fast": (3000, 512),
         "long_context": (6000, 1024),
@@ -58,9 +58,7 @@ def small_windows(tmp_path: Path) -> Path:
     config["conversation"]["window_tokens"] = 5000
     # Short windows, so the last one closes a few seconds after the last call.
     config["accounting"] = {"window_s": 5, "allowed_lateness_s": 2}
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(config, tmp_path)
 
 
 def extra_events() -> list[dict[str, Any]]:

@@ -17,15 +17,15 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.schemas import RoutingDecision, decode
 from splitpin.schemas.replies import Reply
 from tests.factories import event_dict
 from tests.flow_process import kill_hard, running_flow, start_flow
+from tests.governance_files import remote_config, save_config
 from tests.kafka_helpers import read_until
 from tests.model_api_server import ModelApiServer, grounded
 
@@ -52,14 +52,8 @@ KEYS = {"OPENAI_API_KEY": "test-key", "ANTHROPIC_API_KEY": "test-key"}
 
 def remote_governance(tmp_path: Path, api: ModelApiServer, max_in_flight: int) -> Path:
     """config/governance.yaml with every role answered by the fake API, over its own SDK."""
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    for role in config["roles"].values():
-        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
-        role.update(base_url=url, timeout_s=30, retry_budget=1)
-    config["providers"] = {"mode": "remote", "max_in_flight": max_in_flight}
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    config = remote_config(api, max_in_flight=max_in_flight, timeout_s=30, retry_budget=1)
+    return save_config(config, tmp_path)
 
 
 def publish(settings: Settings, count: int) -> list[str]:

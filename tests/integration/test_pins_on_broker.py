@@ -14,15 +14,15 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.schemas import RoutingDecision, decode
 from splitpin.schemas.replies import Reply
 from tests.factories import event_dict
 from tests.flow_process import running_flow
+from tests.governance_files import remote_config, save_config
 from tests.kafka_helpers import read_until
 from tests.model_api_server import ModelApiServer, grounded
 
@@ -61,14 +61,7 @@ def api() -> Iterator[ModelApiServer]:
 
 
 def remote_governance(tmp_path: Path, api: ModelApiServer) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    for role in config["roles"].values():
-        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
-        role.update(base_url=url, timeout_s=30, retry_budget=1)
-    config["providers"] = {"mode": "remote", "max_in_flight": 4}
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(remote_config(api, timeout_s=30, retry_budget=1), tmp_path)
 
 
 def test_every_bypass_is_pinned_and_answered_by_the_compliance_role(

@@ -20,12 +20,11 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.router.classifier import Classifier
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.providers.prompting import SYSTEM_EVENT_HEADER
 from splitpin.schemas import decode
 from splitpin.schemas.governance import load_governance
@@ -34,6 +33,7 @@ from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
 from tests.flow.test_forged_sources import CLAIM, TYPED_SYSTEM, forged_message
 from tests.flow_process import running_flow
+from tests.governance_files import remote_config, save_config
 from tests.kafka_helpers import read_until
 from tests.model_api_server import ModelApiServer, succeed
 
@@ -51,14 +51,7 @@ def api() -> Iterator[ModelApiServer]:
 
 
 def remote_governance(tmp_path: Path, api: ModelApiServer) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    for role in config["roles"].values():
-        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
-        role.update(base_url=url, timeout_s=30, retry_budget=1)
-    config["providers"] = {"mode": "remote", "max_in_flight": 4}
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(remote_config(api, timeout_s=30, retry_budget=1), tmp_path)
 
 
 def test_a_pasted_source_and_a_typed_system_prefix_change_nothing_on_the_broker(

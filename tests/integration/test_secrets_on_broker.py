@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
@@ -31,6 +30,7 @@ from splitpin.schemas import decode
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import event_dict
+from tests.governance_files import remote_config, save_config
 from tests.model_api_server import ModelApiServer, grounded
 
 pytestmark = pytest.mark.integration
@@ -47,14 +47,7 @@ def api() -> Iterator[ModelApiServer]:
 
 def _remote_governance(tmp_path: Path, api: ModelApiServer) -> Path:
     """The shipped config with every role answered by the fake API, over its own SDK."""
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
-    for role in config["roles"].values():
-        url = api.anthropic_url if role["provider"] == "anthropic" else api.openai_url
-        role.update(base_url=url, timeout_s=5, retry_budget=1)
-    config["providers"]["mode"] = "remote"
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(remote_config(api, max_in_flight=16, timeout_s=5, retry_budget=1), tmp_path)
 
 
 def _forms(*cores: str) -> list[bytes]:
