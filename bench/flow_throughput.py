@@ -146,14 +146,20 @@ def synthetic_templates(conversations: int = 100) -> list[dict[str, Any]]:
     return sorted(templates, key=lambda event: str(event["sent_at"]))
 
 
-def replicate(templates: Sequence[dict[str, Any]], count: int, namespace: str) -> list[BenchEvent]:
+def replicate(
+    templates: Sequence[dict[str, Any]], count: int, namespace: str, end: datetime | None = None
+) -> list[BenchEvent]:
     """`count` events: copies of the templates with fresh ids and times shifted per copy.
 
     Each copy is a new set of conversations whose turns keep their original gaps (so
     sessions and token growth stay realistic) in a time range after the previous copy.
+    The last copy ends at `end` (default: now), so event times stay within the flow's
+    skew limits of the records' Kafka timestamps (`history` says how far back they go).
     """
     times = [datetime.fromisoformat(event["sent_at"]) for event in templates]
     period = max(times) - min(times) + timedelta(days=1)
+    copies = math.ceil(count / len(templates))
+    shift = (end or datetime.now(UTC)) - (max(times) + (copies - 1) * period)
     out: list[BenchEvent] = []
     copy = 0
     while len(out) < count:
@@ -165,7 +171,7 @@ def replicate(templates: Sequence[dict[str, Any]], count: int, namespace: str) -
                 **template,
                 "event_id": f"{template['event_id']}{suffix}",
                 "conversation_id": f"{template['conversation_id']}{suffix}",
-                "sent_at": _iso(sent_at + copy * period),
+                "sent_at": _iso(sent_at + copy * period + shift),
             }
             out.append(
                 BenchEvent(
@@ -174,6 +180,13 @@ def replicate(templates: Sequence[dict[str, Any]], count: int, namespace: str) -
             )
         copy += 1
     return out
+
+
+def history(templates: Sequence[dict[str, Any]], count: int) -> timedelta:
+    """How far before their end `replicate(templates, count, ...)` times reach."""
+    times = [datetime.fromisoformat(event["sent_at"]) for event in templates]
+    period = max(times) - min(times) + timedelta(days=1)
+    return math.ceil(count / len(templates)) * period
 
 
 def _iso(moment: datetime) -> str:
@@ -352,11 +365,37 @@ def flow_env(settings: Settings) -> dict[str, str]:
     return settings.model_copy(update={"metrics_port": 0}).child_env()
 
 
-def start_flow(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`python -m splitpin run` in its own session, output to `log_path`."""
+@dataclass(frozen=True)
+class Profiling:
+    """Run the flow under py-spy (`--profile DIR`): one folded-stack file per flow run."""
+
+    directory: Path
+    rate: int
+    native: bool
+
+    def command(self, label: str) -> list[str]:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            msg = "--profile needs py-spy: .venv/bin/pip install py-spy"
+            raise BenchError(msg)
+        options = ["--format", "raw", "--rate", str(self.rate), "--threads"]
+        if self.native:
+            options.append("--native")
+        return [spy, "record", *options, "--output", str(self.output(label)), "--"]
+
+    def output(self, label: str) -> Path:
+        return self.directory / f"flow-{label}.folded"
+
+
+def start_flow(
+    settings: Settings, log_path: Path, *args: str, profile: tuple[Profiling, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m splitpin run` in its own session, output to `log_path`; under py-spy
+    when `profile` (options, run label) is given."""
+    spy = profile[0].command(profile[1]) if profile is not None else []
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "splitpin", "run", *args],
+            [*spy, sys.executable, "-m", "splitpin", "run", *args],
             env=flow_env(settings),
             cwd=REPO_ROOT,
             stdout=log,
@@ -365,12 +404,13 @@ def start_flow(settings: Settings, log_path: Path, *args: str) -> subprocess.Pop
         )
 
 
-def stop_flow(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the flow's process group; SIGKILL if it does not go within 15 s."""
+def stop_flow(process: subprocess.Popen[bytes], *, profiled: bool = False) -> None:
+    """SIGTERM the flow's process group (SIGINT under py-spy, which then writes its
+    output); SIGKILL if it does not go within 15 s."""
     if process.poll() is not None:
         return
     with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT if profiled else signal.SIGTERM)
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
@@ -393,7 +433,12 @@ class Timing:
 
 
 def time_flow_until_eof(
-    settings: Settings, log_path: Path, counter: TopicCounter, expected: int, desc: str
+    settings: Settings,
+    log_path: Path,
+    counter: TopicCounter,
+    expected: int,
+    desc: str,
+    profile: tuple[Profiling, str] | None = None,
 ) -> Timing:
     """Start-to-exit time of `splitpin run --until-eof`, CPU from the reaped child's rusage.
 
@@ -411,7 +456,7 @@ def time_flow_until_eof(
     with tqdm(total=expected, unit="ev", desc=desc, leave=False) as bar:
         watcher = threading.Thread(target=show_progress, args=(bar,), daemon=True)
         started = time.perf_counter()
-        process = start_flow(settings, log_path, "--until-eof")
+        process = start_flow(settings, log_path, "--until-eof", profile=profile)
         watcher.start()
         try:
             returncode = process.wait(timeout=STALL_TIMEOUT_S + expected / 50)
@@ -515,6 +560,7 @@ class ThroughputPlan:
     baseline_in: str
     events: list[BenchEvent]
     workdir: Path
+    profiling: Profiling | None = None
 
 
 def repeat_settings(settings: Settings, label: str, workdir: Path) -> Settings:
@@ -547,7 +593,8 @@ def run_throughput_repeat(plan: ThroughputPlan, index: int, counter: TopicCounte
         return time_baseline(flow_settings, plan.baseline_in, baseline_out, n)
 
     def flow() -> Timing:
-        return time_flow_until_eof(flow_settings, log, counter, n, f"flow {label}")
+        profile = (plan.profiling, label) if plan.profiling is not None else None
+        return time_flow_until_eof(flow_settings, log, counter, n, f"flow {label}", profile)
 
     def startup() -> Timing:
         return time_flow_until_eof(empty_settings, log, counter, 0, f"start-up {label}")
@@ -627,7 +674,9 @@ def run_throughput(
     baseline_in = f"{flow_settings.topic_prefix}baseline.in"
     create_plain_topics(settings, [baseline_in], EVENT_PARTITIONS)
     preload(flow_settings, events, [flow_settings.topic("events"), baseline_in])
-    plan = ThroughputPlan(flow_settings, empty_settings, baseline_in, events, workdir)
+    plan = ThroughputPlan(
+        flow_settings, empty_settings, baseline_in, events, workdir, profiling(args)
+    )
     counter = TopicCounter(settings)
     try:
         runs = [run_throughput_repeat(plan, i, counter) for i in range(args.repeats)]
@@ -752,7 +801,8 @@ def run_latency(
     events = replicate(templates, args.latency_events, "lat")
 
     log = workdir / "flow-latency.log"
-    process = start_flow(lat, log)
+    spy = profiling(args)
+    process = start_flow(lat, log, profile=(spy, "latency") if spy is not None else None)
     baseline = BaselineThread(lat, baseline_in, baseline_out)
     baseline.start()
     counter = TopicCounter(lat)
@@ -777,7 +827,7 @@ def run_latency(
         with tqdm(total=2 * total, unit="ev", desc="drain", leave=False) as bar:
             counter.wait_for(dict.fromkeys(outputs, total), bar, flow_alive)
     finally:
-        stop_flow(process)
+        stop_flow(process, profiled=spy is not None)
         counter.close()
         baseline.stop()
 
@@ -795,6 +845,123 @@ def run_latency(
         ratio_p50=_ratio(flow.p50, base.p50),
         ratio_p99=_ratio(flow.p99, base.p99),
     )
+
+
+# -- profile breakdown ---------------------------------------------------------------------
+
+STARTUP_FRAMES = ("_find_and_load", "build_flow (", ".load (", "load_governance")
+"""Frames of start-up work (imports, loading the model and the config), reported apart, as
+is any main-thread stack outside `run_flow` (the CLI's checks before the flow starts)."""
+ANSWER_FRAMES = (
+    "operators/model_calls.py",
+    "operators/answering.py",
+    "operators/model_gateway.py",
+    "operators/call_executor.py",
+    "operators/validation.py",
+    "operators/cost_windows.py",
+    "splitpin/providers/",
+)
+"""A stack through any of these is answering work, whichever thread it runs on."""
+ANSWER_PARTS = (
+    ("embedder.py", "answering: embeddings (ONNX)"),
+    ("knowledge_base", "answering: retrieval"),
+    ("local_fleet", "answering: local fleet responders/verifier"),
+    ("providers/", "answering: providers (other)"),
+    ("validation.py", "answering: reply validation"),
+    ("cost_windows.py", "answering: cost windows"),
+    ("snapshot", "answering: snapshots"),
+    ("model_calls.py", "answering: job table, polling"),
+    ("answering.py", "answering: answer policy"),
+)
+DECISION_PARTS = (
+    ("embedder.py", "classify: transformer (ONNX)"),
+    ("snapshot", "snapshots (state serialisation)"),
+    ("tiktoken", "token counting"),
+    ("core/tokens.py", "token counting"),
+    ("prometheus_client", "metrics"),
+    ("core/metrics.py", "metrics"),
+    ("classifier.py", "classify: heads, rules, pieces"),
+    ("router/heads.py", "classify: heads, rules, pieces"),
+    ("operators/classify.py", "classify: heads, rules, pieces"),
+    ("conversation_state.py", "conversation state"),
+    ("summarizer.py", "conversation state"),
+    ("routing.py", "routing + context guard"),
+    ("context_guard.py", "routing + context guard"),
+    ("operators/budget.py", "budget gate + decision record"),
+    ("operators/ingest.py", "ingest (JSON, validation)"),
+    ("flows/sink.py", "Kafka sink (encode, produce, flush)"),
+    ("kafka/producer.py", "Kafka sink (encode, produce, flush)"),
+    ("schemas/wire.py", "Kafka sink (encode, produce, flush)"),
+    ("connectors/kafka", "Kafka source"),
+    ("routing_flow.py", "flow glue (keying, branching, isolation)"),
+    ("operators/isolation.py", "flow glue (keying, branching, isolation)"),
+)
+
+
+IDLE_LEAVES = (
+    "_worker (",
+    ".select (",
+    ".wait (",
+    "tick (",
+    "sleep (",
+    "_watch (",
+    "_wait_for_tstate_lock (",
+)
+"""Leaf frames of a thread blocked in C (a queue, epoll, a timer): py-spy may count such a
+thread as active, especially on a loaded box; they are idle, not CPU."""
+
+
+def component(thread: str, frames: Sequence[str]) -> str:
+    """The component one sampled stack (root first) belongs to: start-up, answering (any
+    thread), else the innermost decision-path part that matches; else by thread."""
+    if frames and any(mark in frames[-1] for mark in IDLE_LEAVES):
+        return "idle"
+    if any(mark in frame for frame in frames for mark in STARTUP_FRAMES) or (
+        "MainThread" in thread and frames and not any("run_flow (" in f for f in frames)
+    ):
+        return "start-up (imports, loading)"
+    parts: tuple[tuple[str, str], ...]
+    if any(mark in frame for frame in frames for mark in ANSWER_FRAMES):
+        parts = ANSWER_PARTS
+    elif "MainThread" not in thread:
+        name = thread.split(": ", 1)[-1]
+        return f"thread {name.rstrip('0123456789_')}"
+    else:
+        parts = DECISION_PARTS
+    for frame in reversed(frames):
+        for mark, label in parts:
+            if mark in frame:
+                return label
+    if parts is ANSWER_PARTS:
+        return "answering: other"
+    if frames:
+        return "Bytewax runtime (no splitpin frame)"
+    return "Bytewax runtime (Rust; may include its idle polling)"
+
+
+def breakdown(path: Path) -> tuple[int, list[tuple[str, float]]]:
+    """Samples and (component, % of samples) of a `py-spy record --format raw --threads`
+    file, start-up excluded from the percentages."""
+    totals: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        thread, *frames = stack.split(";")
+        name = component(thread, frames)
+        totals[name] = totals.get(name, 0) + int(count)
+    totals.pop("idle", None)
+    startup = totals.pop("start-up (imports, loading)", 0)
+    samples = sum(totals.values())
+    shares = sorted(((name, 100 * n / samples) for name, n in totals.items()), key=lambda x: -x[1])
+    return samples, [("(start-up, excluded)", 100 * startup / max(samples, 1)), *shares]
+
+
+def profile_table(path: Path) -> str:
+    samples, shares = breakdown(path)
+    lines = [f"Profile {path.name}: {samples} samples after start-up (py-spy, busy threads)"]
+    lines += [f"  {share:5.1f} %  {name}" for name, share in shares]
+    return "\n".join(lines)
 
 
 # -- broker, machine, report ---------------------------------------------------------------
@@ -862,7 +1029,8 @@ def header(
             f"{EVENT_PARTITIONS} partitions; latency M={args.latency_events} at R={args.rate:g}/s",
             f"events    : {source}",
             f"flow      : 1 worker, recovery on, source_batch_size={settings.source_batch_size}, "
-            f"snapshot_interval_s={settings.snapshot_interval_s:g}",
+            f"snapshot_interval_s={settings.snapshot_interval_s:g}, answering {args.answering}"
+            + (f", profiled by py-spy into {args.profile}" if args.profile else ""),
             f"producers : idempotence={producer['enable.idempotence']}, acks={producer['acks']}, "
             f"linger.ms={producer['linger.ms']}, compression={producer['compression.type']} "
             "(flow sink, baseline and publisher alike)",
@@ -962,6 +1130,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency-events", type=int, default=2_000, help="M events for phase 2 (2000)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="K repeats of phase 1 (3)")
+    parser.add_argument(
+        "--answering",
+        choices=("on", "off"),
+        default="on",
+        help="on: the flow answers with the local fleet (default); off: decisions only "
+        "(SPLITPIN_ANSWERING=false, a routing-only deployment)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run every flow under `py-spy record` and write its folded stacks to DIR, "
+        "plus a CPU breakdown by component (CPU figures then include py-spy's own)",
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples/s (200)")
+    parser.add_argument(
+        "--profile-native", action="store_true", help="py-spy --native (C and Rust frames too)"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON object line")
     args = parser.parse_args(argv)
     if min(args.events, args.latency_events, args.repeats) < 1 or args.rate <= 0:
@@ -969,6 +1155,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.command = shlex.join([sys.executable, *sys.argv])
     args.date = datetime.now(UTC).isoformat(timespec="seconds")
     return args
+
+
+def profiling(args: argparse.Namespace) -> Profiling | None:
+    if args.profile is None:
+        return None
+    return Profiling(Path(args.profile).resolve(), args.profile_rate, args.profile_native)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -984,7 +1176,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="splitpin-bench-"))
     with kafka_broker(base) as (settings, broker):
         prefix = f"bench-{uuid.uuid4().hex[:12]}."
-        settings = settings.model_copy(update={"topic_prefix": prefix, "metrics_port": 0})
+        # Events reach back `history` before now (copies of the sample's conversations).
+        reach = history(templates, max(args.events, args.latency_events, WARMUP_EVENTS))
+        update: dict[str, Any] = {
+            "topic_prefix": prefix,
+            "metrics_port": 0,
+            "max_past_skew_s": max(base.max_past_skew_s, reach.total_seconds() + 3600),
+        }
+        if args.answering == "off":  # only then: a tree without the setting still runs "on"
+            if "answering" not in Settings.model_fields:
+                msg = "--answering off: this tree's settings have no `answering` field"
+                raise BenchError(msg)
+            update["answering"] = False
+        settings = settings.model_copy(update=update)
+        if args.profile is not None:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
         print(header(args, info, broker, settings, source), flush=True)
         try:
             throughput = run_throughput(settings, templates, args, workdir)
@@ -1000,6 +1206,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(throughput_table(throughput))
     print()
     print(latency_table(latency))
+    if args.profile is not None:
+        for path in sorted(Path(args.profile).glob("flow-*.folded")):
+            print()
+            print(profile_table(path))
     return {
         "command": args.command,
         "date": args.date,

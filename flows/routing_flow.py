@@ -15,6 +15,9 @@ routing.metrics (CostRecord) ─▶ ingest ─▶ key by tenant ─┴─▶ bud
 Every step whose code is ours runs under `splitpin.operators.isolation`: a record a step raises for
 becomes a `processing_error` dead letter (or stops the flow if `on_processing_error` is
 `stop`); the branches named `<step>-ok` take those failures to the dead-letter output.
+
+With `answering` off (`SPLITPIN_ANSWERING=false`, a routing-only deployment) the answer
+branch is not built: decisions go out as always, dispatches stop at the budget gate.
 """
 
 from __future__ import annotations
@@ -241,18 +244,7 @@ def build_flow(
     loaded.classify_batch(["warm-up: where is my card?", "hi"])
     for name in router.encodings:  # BPE tables load on first use, also ~0.3 s each
         tokens.encoding(name)
-    providers, retriever = backends or build_model_backends(governance, loaded)
-    gateway = ModelGateway(governance, providers, retriever, frozenset(loaded.intent_labels))
-    answer_policy = AnswerPolicy(
-        governance, gateway.run, covers=gateway.covers, judges=gateway.judges
-    )
-    calls = governance.providers
-    executor = shared_executor(calls.max_in_flight)
-    metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)
-    metrics.CALLS_QUEUED.set_function(lambda: executor.queued)
-    memoized = MemoizedClassifier(
-        loaded, governance.classifier.memo_size, governance.classifier.batch_size
-    )
+    memoized = MemoizedClassifier(loaded, governance.classifier.memo_size)
     limits = IngestLimits.from_settings(settings)
     guard = Isolation(
         settings.on_processing_error,
@@ -316,6 +308,85 @@ def build_flow(
 
     gated = op.branch("dispatched", outcomes, lambda item: isinstance(item, Dispatch))
     dispatches: Stream[Dispatch] = gated.trues  # type: ignore[assignment]
+    decisions_topic = settings.topic("decisions")
+    failures_topic = settings.topic("validation_failures")
+    dead_letter_topic = settings.topic("dead_letter")
+
+    def outcome_out(outcome: BudgetOutput) -> OutRecord:
+        assert not isinstance(outcome, Dispatch)  # branched off above
+        key = outcome.conversation_id.encode()
+        if isinstance(outcome, RoutingDecision):
+            metrics.count(metrics.ROUTING_DECISIONS, outcome.role, outcome.tier)
+            return OutRecord(decisions_topic, key, encode(outcome))
+        metrics.count(metrics.VALIDATION_FAILURES, outcome.error)
+        return OutRecord(failures_topic, key, encode(outcome))
+
+    def dead_letter_out(item: DeadLetter | Failed) -> OutRecord:
+        letter = item.letter if isinstance(item, Failed) else item
+        metrics.count(metrics.DEAD_LETTERS, letter.reason)
+        key = base64.b64decode(letter.key_b64) if letter.key_b64 is not None else None
+        return OutRecord(dead_letter_topic, key, encode(letter))
+
+    encoded = [
+        _ok("outcome-out", guard.map("outcome-out", gated.falses, outcome_out), dead),
+    ]
+    if settings.answering:
+        encoded += _answer(settings, governance, dispatches, guard, dead, canary, loaded, backends)
+    # Last: every step's failures are in `dead` by now. Encoding a DeadLetter cannot fail
+    # (it is a validated model), and a failure here would have nowhere else to go.
+    out = op.merge(
+        "outputs",
+        *encoded,
+        op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
+    )
+    if canary is not None:  # not isolated: a foreign topic stops the canary, loudly
+        prefix = canary.topic_prefix
+
+        def own_topic(record: OutRecord) -> OutRecord:
+            require_prefix(record.topic, prefix)
+            return record
+
+        out = op.map("canary-topics", out, own_topic)
+    op.output(
+        "kafka-out",
+        out,
+        sink
+        or CheckedKafkaSink(
+            settings.bootstrap_servers,
+            delivery_timeout_ms=settings.delivery_timeout_ms,
+            flush_timeout_s=settings.sink_flush_timeout_s,
+            client=security_config(settings.kafka),
+        ),
+    )
+    return flow
+
+
+def _answer(
+    settings: Settings,
+    governance: GovernanceConfig,
+    dispatches: Stream[Dispatch],
+    guard: Isolation,
+    dead: list[Stream[DeadLetter | Failed]],
+    canary: CanaryMode | None,
+    classifier: Classifier,
+    backends: tuple[Completer, SourceFinder] | None,
+) -> list[Stream[OutRecord]]:
+    """The answering stage: dispatched decisions become replies, costs and audit samples.
+    Left out when `settings.answering` is off (a routing-only deployment)."""
+    providers, retriever = backends or build_model_backends(governance, classifier)
+    gateway = ModelGateway(governance, providers, retriever, frozenset(classifier.intent_labels))
+    answer_policy = AnswerPolicy(
+        governance,
+        gateway.run,
+        covers=gateway.covers,
+        judges=gateway.judges,
+        intent_article=gateway.intent_article,
+    )
+    calls = governance.providers
+    executor = shared_executor(calls.max_in_flight, settings.call_threads)
+    metrics.CALLS_IN_FLIGHT.set_function(lambda: executor.in_flight)
+    metrics.CALLS_QUEUED.set_function(lambda: executor.queued)
+
     by_shard = op.key_on(
         "by-shard",
         dispatches,
@@ -371,22 +442,11 @@ def build_flow(
         dead,
     )
 
-    decisions_topic = settings.topic("decisions")
     failures_topic = settings.topic("validation_failures")
-    dead_letter_topic = settings.topic("dead_letter")
     replies_topic = settings.topic("replies")
     metrics_topic = settings.topic("metrics")
     windowed_topic = settings.topic("metrics_windowed")
     audit_topic = settings.topic("replies_audit")
-
-    def outcome_out(outcome: BudgetOutput) -> OutRecord:
-        assert not isinstance(outcome, Dispatch)  # branched off above
-        key = outcome.conversation_id.encode()
-        if isinstance(outcome, RoutingDecision):
-            metrics.count(metrics.ROUTING_DECISIONS, outcome.role, outcome.tier)
-            return OutRecord(decisions_topic, key, encode(outcome))
-        metrics.count(metrics.VALIDATION_FAILURES, outcome.error)
-        return OutRecord(failures_topic, key, encode(outcome))
 
     # A finished job may re-emit its last CostRecord marked last_call (same record_id):
     # Kafka consumers dedupe it, Prometheus counters must not count the call twice.
@@ -417,44 +477,10 @@ def build_flow(
     def windowed_out(window: WindowedCost) -> OutRecord:
         return OutRecord(windowed_topic, window.tenant_id.encode(), encode(window))
 
-    def dead_letter_out(item: DeadLetter | Failed) -> OutRecord:
-        letter = item.letter if isinstance(item, Failed) else item
-        metrics.count(metrics.DEAD_LETTERS, letter.reason)
-        key = base64.b64decode(letter.key_b64) if letter.key_b64 is not None else None
-        return OutRecord(dead_letter_topic, key, encode(letter))
-
-    encoded = [
-        _ok("outcome-out", guard.map("outcome-out", gated.falses, outcome_out), dead),
+    return [
         _ok("answer-out", guard.flat_map("answer-out", answers, answer_out), dead),
         _ok("windowed-out", guard.map("windowed-out", windowed, windowed_out), dead),
     ]
-    # Last: every step's failures are in `dead` by now. Encoding a DeadLetter cannot fail
-    # (it is a validated model), and a failure here would have nowhere else to go.
-    out = op.merge(
-        "outputs",
-        *encoded,
-        op.map("dead-letter-out", op.merge("dead-letters", *dead), dead_letter_out),
-    )
-    if canary is not None:  # not isolated: a foreign topic stops the canary, loudly
-        prefix = canary.topic_prefix
-
-        def own_topic(record: OutRecord) -> OutRecord:
-            require_prefix(record.topic, prefix)
-            return record
-
-        out = op.map("canary-topics", out, own_topic)
-    op.output(
-        "kafka-out",
-        out,
-        sink
-        or CheckedKafkaSink(
-            settings.bootstrap_servers,
-            delivery_timeout_ms=settings.delivery_timeout_ms,
-            flush_timeout_s=settings.sink_flush_timeout_s,
-            client=security_config(settings.kafka),
-        ),
-    )
-    return flow
 
 
 def _tenant_of(item: BudgetInput) -> str:

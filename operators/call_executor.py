@@ -12,6 +12,11 @@ call that had already finished cannot be cancelled: its result stands (it was bi
 
 One executor per process: Bytewax workers in one process share it, so the in-flight
 limit is per process, which is what a provider's rate limit sees.
+
+Blocking work a call hands to a thread (`asyncio.to_thread`: the local fleet's retrieval
+and responders, a prompt's preparation) runs on `threads` threads, not asyncio's default
+of cpu_count + 4: on a small box more CPU-bound threads only take the GIL and the cores
+from the worker thread, which then publishes decisions late (bench/README.md "Profile").
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,12 +37,18 @@ class CallTimeoutError(Exception):
 class CallExecutor:
     """An event loop in a daemon thread with a bounded number of calls in flight."""
 
-    def __init__(self, max_in_flight: int, *, name: str = "splitpin-calls") -> None:
-        if max_in_flight < 1:
-            msg = "max_in_flight must be at least 1"
+    def __init__(
+        self, max_in_flight: int, *, name: str = "splitpin-calls", threads: int | None = None
+    ) -> None:
+        if max_in_flight < 1 or (threads is not None and threads < 1):
+            msg = "max_in_flight and threads must be at least 1"
             raise ValueError(msg)
         self.max_in_flight = max_in_flight
         self._loop = asyncio.new_event_loop()
+        if threads is not None:
+            self._loop.set_default_executor(
+                ThreadPoolExecutor(threads, thread_name_prefix=f"{name}-work")
+            )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -141,14 +152,15 @@ class CallExecutor:
         self._loop.close()
 
 
-_shared: dict[int, CallExecutor] = {}
+_shared: dict[tuple[int, int | None], CallExecutor] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_executor(max_in_flight: int) -> CallExecutor:
-    """The process-wide executor for a given limit (created on first use)."""
+def shared_executor(max_in_flight: int, threads: int | None = None) -> CallExecutor:
+    """The process-wide executor for a given limit and thread count (created on first use)."""
     with _shared_lock:
-        executor = _shared.get(max_in_flight)
+        executor = _shared.get((max_in_flight, threads))
         if executor is None:
-            executor = _shared[max_in_flight] = CallExecutor(max_in_flight)
+            executor = CallExecutor(max_in_flight, threads=threads)
+            _shared[(max_in_flight, threads)] = executor
         return executor

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import pickle
 import time
 import zlib
@@ -107,6 +108,8 @@ class _Pending(Generic[S, O]):
     future: concurrent.futures.Future[O]
     due: float | None = None
     """Wall-clock start of a delayed call, for snapshots (None: started at submit)."""
+    seq: int = 0
+    """Submission order: finished calls are advanced in it, whatever order they end in."""
 
 
 JobErrorHandler = Callable[[str | None, I | None, J | None, Exception], tuple[Sequence[W], Failed]]
@@ -123,6 +126,12 @@ class CallTable(Generic[I, J, S, O, W]):
     jobs: dict[str, J] = field(default_factory=dict)
     pending: dict[tuple[str, str], _Pending[S, O]] = field(default_factory=dict)
     on_job_error: JobErrorHandler[I, J, W] | None = None
+    _finished: deque[tuple[tuple[str, str], concurrent.futures.Future[O]]] = field(
+        default_factory=deque, repr=False
+    )
+    """Calls whose future ended, appended by the future's callback (any thread): a poll
+    looks at these, not at every call in flight, so an idle poll costs nothing."""
+    _submitted: int = field(default=0, repr=False)
 
     def add(self, item: I) -> list[W | Failed]:
         job_id: str | None = None
@@ -137,9 +146,15 @@ class CallTable(Generic[I, J, S, O, W]):
             return self._job_failed(job_id, item, exc)
 
     def poll(self) -> list[W | Failed]:
-        """Advance every job whose call has finished; never blocks."""
+        """Advance every job whose call has finished, in submission order; never blocks."""
+        ready: list[tuple[int, tuple[str, str]]] = []
+        while self._finished:
+            key, future = self._finished.popleft()
+            pending = self.pending.get(key)
+            if pending is not None and pending.future is future:  # not cancelled or replaced
+                ready.append((pending.seq, key))
         out: list[W | Failed] = []
-        for key in [k for k, p in self.pending.items() if p.future.done()]:
+        for _, key in sorted(ready):
             if key in self.pending:  # a failed job's other calls are gone
                 out.extend(self._complete(key))
         return out
@@ -216,7 +231,11 @@ class CallTable(Generic[I, J, S, O, W]):
         timeout = self.policy.timeout_s(spec)
         future = self.executor.submit(lambda: run(spec), timeout_s=timeout, delay_s=delay_s)
         due = time.time() + delay_s if delay_s is not None else None
-        self.pending[(job_id, call_id)] = _Pending(job_id, spec, future, due)
+        key = (job_id, call_id)
+        self._submitted += 1
+        self.pending[key] = _Pending(job_id, spec, future, due, self._submitted)
+        finished = self._finished
+        future.add_done_callback(lambda done: finished.append((key, done)))
 
     def _outcome(self, future: concurrent.futures.Future[O]) -> O | CallFailed:
         try:
@@ -262,6 +281,19 @@ class StreamingQuantile:
         return ordered[min(len(ordered) - 1, int(self.q * len(ordered)))]
 
 
+def next_tick(now_s: float, interval: timedelta) -> datetime:
+    """The first multiple of `interval` (since the epoch) after `now_s`: at most one interval
+    away, and the same instant for every shard, so one wake of the worker polls them all
+    instead of one wake per shard at scattered times. Whole microseconds: exact."""
+    step_us = max(1, interval // _MICROSECOND)
+    now_us = math.floor(now_s * 1_000_000)
+    return _EPOCH + (now_us // step_us + 1) * step_us * _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def shard_of(key: str, shards: int) -> str:
     """A stable shard (crc32, not Python's salted hash) so resumes find their state."""
     return f"shard-{zlib.crc32(key.encode()) % shards}"
@@ -291,7 +323,7 @@ class _CallLogic(StatefulLogic[I, W | Failed, bytes], Generic[I, J, S, O, W]):
         return self._table.drain(), self._finished()
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(UTC) + self._poll if self._table.pending else None
+        return next_tick(time.time(), self._poll) if self._table.pending else None
 
     def snapshot(self) -> bytes:
         return self._table.snapshot()

@@ -14,10 +14,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from splitpin.core.tokens import count_tokens
 from splitpin.operators.answering import CallOutcome, CallSpec
 from splitpin.providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
-from splitpin.providers.prompting import format_source, quoted_request
+from splitpin.providers.prompting import quoted_request, source_tokens
 from splitpin.schemas.governance import GovernanceConfig
 
 RECENT_USER_TURNS = 3
@@ -113,6 +112,13 @@ class ModelGateway:
         labels = self.retriever.intents(self.governance.knowledge.kb_for(tenant_id))
         return bool(labels & self.router_intents)
 
+    def intent_article(self, tenant_id: str, intent: str) -> str | None:
+        """The doc id of the tenant's article for the router's intent (None: no such
+        article): the verification policy's agreement evidence (docs/calibration.md)."""
+        kb = self.governance.knowledge.kb_for(tenant_id)
+        article = self.retriever.intent_source(kb, intent)
+        return None if article is None else article.doc_id
+
     def covers(self, tenant_id: str, intent: str) -> bool:
         """False only when the tenant's KB is keyed by the router's intents and lacks this
         one (a KB with other labels, e.g. ABCD's flows, cannot be judged: True)."""
@@ -128,7 +134,7 @@ def within_budget(
     kept: list[SourceDoc] = []
     used = 0
     for doc in sources:
-        size = count_tokens(format_source(doc), encoding)
+        size = source_tokens(doc, encoding)
         if used + size > budget:
             break
         kept.append(doc)

@@ -17,6 +17,7 @@ and re-issues the model calls that were in flight.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -180,6 +181,19 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
     """The Python-level handler does nothing: the wakeup fd carries the signal."""
 
 
+def tune_process(settings: Settings) -> None:
+    """Process-wide interpreter settings for a flow process, once its flow is built.
+
+    The GIL switch interval bounds how long the worker thread (decisions) waits behind the
+    model-call threads. What is loaded by now (model, heads, config, knowledge bases,
+    modules) lives as long as the process: collect once, then freeze it so the cyclic GC
+    does not walk it again at every full collection, a ~50 ms pause on the worker thread
+    (bench/README.md "Profile"). Here, not in `build_flow`: tests build flows in-process."""
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
+    gc.collect()
+    gc.freeze()
+
+
 def run_flow(
     settings: Settings,
     *,
@@ -215,6 +229,7 @@ def run_flow(
     if canary is None and settings.governance_poll_s > 0:
         GovernanceFollower(settings, governance.version_id(), watcher.restart).start()
     flow = build_flow(settings, tail=tail, governance=governance, canary=canary)
+    tune_process(settings)
     recovery_config = None
     if recovery:
         ensure_recovery_dir(settings.recovery_dir, settings.recovery_partitions)

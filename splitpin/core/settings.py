@@ -250,6 +250,27 @@ class Settings(BaseSettings):
         "(its size and sha256 kept). Must stay under the producer's and broker's "
         "message.max.bytes.",
     )
+    answering: bool = Field(
+        default=True,
+        description="Answer dispatched events with the model roles (replies, costs, audit). "
+        "false: a routing-only deployment that publishes decisions and refusals but calls "
+        "no model and writes no reply.",
+    )
+    call_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Threads for the blocking part of model calls (the local fleet's "
+        "retrieval and responders, prompt preparation). More than the cores only take the "
+        "GIL from the worker thread and delay decisions.",
+    )
+    switch_interval_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="Python's GIL switch interval in the flow process (sys.setswitchinterval; "
+        "Python's default is 5): how long the worker thread may wait for the GIL while a "
+        "call thread computes, each time it takes it back.",
+    )
     on_processing_error: Literal["dead_letter", "stop"] = Field(
         default="dead_letter",
         description="A stage that raises for one record: dead-letter it (processing_error) "

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,14 @@ EXPECTED_SHA256 = {
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
 }
 _lock = threading.Lock()
+
+MEMO_CHARS = 4_000_000
+"""Characters of text whose counts are remembered (a few MB). A turn is counted when it
+arrives (once per encoding a role uses) and again by every prompt, summary and budget
+check that includes it: on the hot path, most counts are repeats."""
+_memo: OrderedDict[tuple[str, str], int] = OrderedDict()
+_memo_chars = 0
+_memo_lock = threading.Lock()
 
 
 def _cache_dir() -> Path:
@@ -68,5 +77,24 @@ def encoding(name: str) -> tiktoken.Encoding:
 
 
 def count_tokens(text: str, encoding_name: str) -> int:
-    """Tokens in `text`; special-token strings in user text are counted as plain text."""
-    return len(encoding(encoding_name).encode(text, disallowed_special=()))
+    """Tokens in `text`; special-token strings in user text are counted as plain text.
+
+    Remembered per (encoding, text), up to MEMO_CHARS characters, least recently used
+    first out: a count is a pure function of both, so a remembered one is exact."""
+    global _memo_chars
+    key = (encoding_name, text)
+    with _memo_lock:
+        known = _memo.get(key)
+        if known is not None:
+            _memo.move_to_end(key)
+            return known
+    counted = len(encoding(encoding_name).encode(text, disallowed_special=()))
+    if len(text) <= MEMO_CHARS // 16:  # one huge text must not flush the memo
+        with _memo_lock:
+            if key not in _memo:
+                _memo[key] = counted
+                _memo_chars += len(text)
+                while _memo_chars > MEMO_CHARS:
+                    (_, dropped), _count = _memo.popitem(last=False)
+                    _memo_chars -= len(dropped)
+    return counted

@@ -20,7 +20,9 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
+from splitpin.core.tokens import count_tokens
 from splitpin.providers.base import CONFIRM, Message, ModelRequest, SourceDoc
 from splitpin.schemas.replies import Citation
 
@@ -133,6 +135,12 @@ def _rewrite(text: str, pattern: re.Pattern[str], replace: str) -> str:
     return "".join(out)
 
 
+NEUTRALISED_MEMO = 1024
+"""Texts whose neutralised form is remembered: every call of a job (fast pass, verifier,
+and the local fleet reading the request again) neutralises the same turns."""
+
+
+@lru_cache(maxsize=NEUTRALISED_MEMO)
 def neutralise(text: str) -> str:
     """Customer or agent text, rewritten so that no model can read a source label or a
     system turn in it. The rule, in order:
@@ -215,8 +223,28 @@ def canonical_doc_id(raw: str) -> str:
 
 
 def format_source(doc: SourceDoc) -> str:
-    text = " ".join(doc.text.split())
-    return f"[{doc.doc_id}] {doc.title}: {text}"
+    return _formatted(doc.doc_id, doc.title, doc.text)
+
+
+def _formatted(doc_id: str, title: str, text: str) -> str:
+    return f"[{doc_id}] {title}: {' '.join(text.split())}"
+
+
+STATIC_TOKENS_MEMO = 4096
+"""Token counts remembered for texts every call repeats: the knowledge-base articles
+attached as sources (retrieval's budget) and the answers drawn from them (the local
+fleet's truncation), without building or encoding the text again (bench/README.md,
+whole_path.py profile)."""
+
+
+@lru_cache(maxsize=STATIC_TOKENS_MEMO)
+def _source_tokens(doc_id: str, title: str, text: str, encoding_name: str) -> int:
+    return count_tokens(_formatted(doc_id, title, text), encoding_name)
+
+
+def source_tokens(doc: SourceDoc, encoding_name: str) -> int:
+    """Tokens of `format_source(doc)`, remembered (see STATIC_TOKENS_MEMO)."""
+    return _source_tokens(doc.doc_id, doc.title, doc.text, encoding_name)
 
 
 def system_prompt(request: ModelRequest) -> str:

@@ -10,6 +10,11 @@ Each role reads its key from its own variable (`api_key_env`, default the vendor
 may name its own endpoint (`base_url`), so two OpenAI-compatible servers with different
 keys coexist. `check_remote` (`splitpin config check --remote`) asks each endpoint which
 models it serves and flags pins it does not.
+
+The vendor SDKs (anthropic, openai) are imported only where a remote provider is built or
+an endpoint is checked: importing both took 3-5 s of every `splitpin run` start-up on the
+reference box, also when the local fleet answers every role (bench/README.md,
+`whole_path.py`; tests/unit/test_lazy_sdks.py).
 """
 
 from __future__ import annotations
@@ -21,9 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import anthropic
-import openai
-
 from splitpin.core import metrics
 from splitpin.core.redaction import (
     SECRETS,
@@ -32,11 +34,7 @@ from splitpin.core.redaction import (
     register_secret_variable,
 )
 from splitpin.errors import ConfigError
-from splitpin.providers.anthropic_provider import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_URL
-from splitpin.providers.anthropic_provider import AnthropicProvider
 from splitpin.providers.base import ModelRequest, ModelResult, Provider
-from splitpin.providers.openai_provider import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
-from splitpin.providers.openai_provider import PLACEHOLDER_KEY, OpenAIProvider
 from splitpin.providers.resilience import (
     CircuitBreaker,
     Clock,
@@ -139,11 +137,16 @@ class ProviderRegistry:
             metrics.declare_role(name, role.provider, role.pinned_id)
             api_key, base_url = remote
             inner: Provider
+            # The SDKs are imported here, lazily (module doc).
             if role.provider == "anthropic":
+                from splitpin.providers.anthropic_provider import AnthropicProvider
+
                 inner = AnthropicProvider(
                     name, role, api_key=api_key or "", base_url=base_url, stream=stream
                 )
             else:
+                from splitpin.providers.openai_provider import OpenAIProvider
+
                 inner = OpenAIProvider(
                     name, role, api_key=api_key, base_url=base_url, stream=stream
                 )
@@ -299,6 +302,13 @@ def list_models(
     provider: str, api_key: str | None, base_url: str | None, timeout_s: float
 ) -> set[str]:
     """The model ids an endpoint serves, through the vendor's SDK (`GET /v1/models`)."""
+    import anthropic  # lazily (module doc)
+    import openai
+
+    from splitpin.providers.anthropic_provider import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_URL
+    from splitpin.providers.openai_provider import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
+    from splitpin.providers.openai_provider import PLACEHOLDER_KEY
+
     if provider == "anthropic":
         with anthropic.Anthropic(
             api_key=api_key or "",
@@ -319,6 +329,12 @@ def list_models(
 def check_endpoint(endpoint: _Endpoint) -> EndpointCheck:
     """Ask one endpoint for its models and compare them with the pins; never raises for
     the endpoint's own failures (they become status `error`, redacted)."""
+    import anthropic  # lazily (module doc)
+    import openai
+
+    from splitpin.providers.anthropic_provider import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_URL
+    from splitpin.providers.openai_provider import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
+
     default = ANTHROPIC_DEFAULT_URL if endpoint.provider == "anthropic" else OPENAI_DEFAULT_URL
     report = EndpointCheck(
         endpoint.provider,

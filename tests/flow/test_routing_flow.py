@@ -94,3 +94,36 @@ def test_decisions_are_byte_identical_when_replayed(
     assert len(first) == 7
     assert [r.value for r in first] == [r.value for r in second]
     assert all(orjson.loads(r.value)["schema_version"] == 1 for r in first)
+
+
+def test_answering_off_publishes_the_same_decisions_and_nothing_else(
+    settings: Settings, classifier: Classifier
+) -> None:
+    """A routing-only deployment (`answering: false`): every decision as with answering
+    on, byte for byte, and no reply, cost, audit or windowed record: no model is called."""
+    records = [
+        raw(event_dict("q-0", "q", text="my card has not arrived yet"), offset=0),
+        raw(event_dict("p-0", "p", text="my card was stolen", tags=("compliance",)), offset=1),
+        raw(event_dict("q-1", "q", text="how long does delivery take?", at_s=30), offset=2),
+        raw(b"{broken", offset=3),
+    ]
+    answering = _run(settings, records, classifier)
+    routing_only = _run(settings.model_copy(update={"answering": False}), records, classifier)
+
+    def topics(out: list[OutRecord]) -> set[str]:
+        return {record.topic for record in out}
+
+    assert {"test.conversations.replies", "test.routing.metrics"} <= topics(answering)
+    assert topics(routing_only) == {DECISIONS, "test.conversations.dead-letter"}
+    assert sorted(r.value for r in _by_topic(routing_only, DECISIONS)) == sorted(
+        r.value for r in _by_topic(answering, DECISIONS)
+    )
+    assert len(_by_topic(routing_only, DECISIONS)) == 3
+
+
+def test_answering_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPIN_ANSWERING", "false")
+    assert load_settings().answering is False
+    assert load_settings().child_env()["SPLITPIN_ANSWERING"] == "False"
+    monkeypatch.delenv("SPLITPIN_ANSWERING")
+    assert load_settings().answering is True

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from splitpin.operators.call_executor import CallExecutor
-from splitpin.operators.model_calls import CallFailed, CallTable, JobStep, shard_of
+from splitpin.operators.model_calls import CallFailed, CallTable, JobStep, next_tick, shard_of
 
 
 @dataclass
@@ -120,3 +124,59 @@ def test_shards_are_stable_and_bounded() -> None:
     assert shards == {f"shard-{n}" for n in range(8)}
     # crc32, not the per-process salted hash(): a resumed process finds the same shard.
     assert shard_of("conv-1", 8) == "shard-4"
+
+
+@dataclass
+class Ordered:
+    """One call per job whose delay the input names: calls end in any order we like."""
+
+    def job_id(self, item: tuple[str, float]) -> str:
+        return item[0]
+
+    def open(self, item: tuple[str, float]) -> tuple[str, JobStep[str, float]]:
+        return item[0], JobStep(calls=[("call", item[1])])
+
+    def advance(self, job: str, call_id: str, outcome: str | CallFailed) -> JobStep[str, float]:
+        return JobStep(emit=[job], done=True)
+
+    async def run(self, spec: float) -> str:
+        await asyncio.sleep(spec)
+        return "ok"
+
+    def timeout_s(self, spec: float) -> float:
+        return 10.0
+
+
+def test_poll_advances_finished_calls_in_submission_order_and_only_those(
+    executor: CallExecutor,
+) -> None:
+    """Calls that end in reverse order are advanced in the order they were submitted; one
+    still running stays in flight, and a cancelled one is never advanced."""
+    table: CallTable[tuple[str, float], str, float, str, str] = CallTable(Ordered(), executor)
+    for name, delay in (("a", 0.3), ("b", 0.2), ("c", 0.1), ("late", 30.0), ("gone", 0.1)):
+        table.add((name, delay))
+    executor.cancel(table.pending[("gone", "call")].future)
+    table.pending.pop(("gone", "call"))
+    futures = [table.pending[(name, "call")].future for name in "abc"]
+    concurrent.futures.wait(futures, timeout=30)
+    time.sleep(0.05)  # the futures' done-callbacks run right after they are marked done
+    assert table.poll() == ["a", "b", "c"]
+    assert table.poll() == []
+    assert list(table.pending) == [("late", "call")]
+
+
+@given(
+    now=st.floats(min_value=1e9, max_value=2e9, allow_nan=False),
+    ms=st.sampled_from([1, 2, 5, 10, 50]),
+    share=st.floats(min_value=0, max_value=0.5),
+)
+def test_polls_fall_on_one_grid_at_most_an_interval_away(now: float, ms: int, share: float) -> None:
+    """Every shard wakes on the same instants, never later than one interval from now."""
+    interval = timedelta(milliseconds=ms)
+    tick = next_tick(now, interval)
+    tick_us = (tick - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert tick_us % (ms * 1000) == 0
+    assert now - 1e-6 < tick.timestamp() <= now + ms / 1000 + 1e-6
+    # Another shard asking a little later, before the tick, wakes at the same instant.
+    other = now + share * (tick.timestamp() - now - 2e-6)
+    assert next_tick(other, interval) == tick

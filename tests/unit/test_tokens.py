@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitpin.core import tokens
 from splitpin.errors import ConfigError
@@ -29,3 +32,25 @@ def test_cache_seeding_replaces_a_corrupted_file(tmp_path: Path) -> None:
     seeded.write_bytes(b"tampered")
     tokens._seed_cache("cl100k_base", tmp_path)
     assert seeded.read_bytes() == good
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=300), min_size=1, max_size=30),
+    name=st.sampled_from(sorted(tokens.EXPECTED_SHA256)),
+)
+def test_remembered_counts_are_exact_and_the_memo_stays_bounded(
+    texts: list[str], name: str
+) -> None:
+    """Counting twice (the second from the memo) gives the encoder's own count, and the
+    memo never holds more characters than its budget, however the texts come."""
+    saved = tokens.MEMO_CHARS, tokens._memo, tokens._memo_chars
+    tokens.MEMO_CHARS, tokens._memo, tokens._memo_chars = 600, OrderedDict(), 0
+    try:
+        encoder = tokens.encoding(name)
+        for text in [*texts, *reversed(texts)]:
+            expected = len(encoder.encode(text, disallowed_special=()))
+            assert tokens.count_tokens(text, name) == expected
+            assert tokens._memo_chars == sum(len(t) for _, t in tokens._memo) <= 600
+    finally:
+        tokens.MEMO_CHARS, tokens._memo, tokens._memo_chars = saved

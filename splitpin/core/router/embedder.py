@@ -117,6 +117,12 @@ class Embedder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # The flow makes many small calls (one per exact token count); by default the
+        # pool's threads spin-wait between them, burning a core the worker and the Kafka
+        # clients need (classification cost 1.7x the CPU with spinning on a 2-core box,
+        # bench/README.md "Profile"). Spinning changes timing only, never a result.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return cls(session, tokenizer, max_seq_tokens, memo_size)
 
