@@ -33,8 +33,8 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from splitpin.flows.sink import OutRecord
 from splitpin.operators.ingest import RawRecord
 from splitpin.providers.knowledge_base import _package_kb, parse_articles
 from splitpin.schemas import RoutingDecision, decode
+from splitpin.schemas.governance import RoleConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.wire import encode
@@ -108,6 +109,8 @@ class Outcome:
     dead_letters: int
     final_status: dict[str, str]
     wall_s: float
+    role_usage: dict[str, list[int]] = field(default_factory=dict)
+    """role -> [calls, tokens in, tokens out]: where the cost goes (`cost_by_role`)."""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -213,6 +216,7 @@ def run_topology(
     )
     conversation_of: dict[str, str] = {}
     cost: dict[str, float] = defaultdict(float)
+    calls_by_id: dict[str, CostRecord] = {}
     for at, record in zip(out.times, out, strict=True):
         topic = record.topic.removeprefix("bench.")
         if topic == "routing.decisions":
@@ -234,13 +238,61 @@ def run_topology(
                 outcome.final_doc[reply.reply_id] = doc
                 outcome.final_status[reply.reply_id] = reply.status
         elif topic == "routing.metrics":
+            # A hedge's settled loser restates the job's last record (same record_id,
+            # new job_calls): one call, counted once.
             cost_record = decode(CostRecord, record.value)
-            cost[cost_record.event_id] += cost_record.cost_usd
-            outcome.call_roles[cost_record.event_id].add(cost_record.role)
+            calls_by_id[cost_record.record_id] = cost_record
+    for cost_record in calls_by_id.values():
+        cost[cost_record.event_id] += cost_record.cost_usd
+        outcome.call_roles[cost_record.event_id].add(cost_record.role)
+        usage = outcome.role_usage.setdefault(cost_record.role, [0, 0, 0])
+        usage[0] += 1
+        usage[1] += cost_record.tokens_in
+        usage[2] += cost_record.tokens_out
     for event_id, usd in cost.items():
         outcome.cost_by_conversation[conversation_of.get(event_id, event_id)] += usd
     outcome.first_reply_s = {e: first[e] - decided[e] for e in first if e in decided}
     return outcome
+
+
+def cost_by_role(
+    outcome: Outcome, roles: Mapping[Any, RoleConfig], conversations: int
+) -> list[dict[str, Any]]:
+    """Per role: calls, mean tokens in and out per call, and USD per conversation from input
+    and from output tokens (list prices of the config, the rule CostRecords use)."""
+    out = []
+    for role, (calls, tokens_in, tokens_out) in sorted(outcome.role_usage.items()):
+        config = roles[role]
+        per = max(conversations, 1)
+        out.append(
+            {
+                "role": role,
+                "calls": calls,
+                "tokens_in_per_call": round(tokens_in / max(calls, 1), 1),
+                "tokens_out_per_call": round(tokens_out / max(calls, 1), 1),
+                "usd_in_per_conversation": config.cost_usd(tokens_in, 0) / per,
+                "usd_out_per_conversation": config.cost_usd(0, tokens_out) / per,
+            }
+        )
+    return out
+
+
+def accuracy_by_status(
+    outcomes: Mapping[str, Outcome], gold: dict[str, str], intent_of: dict[str, Any]
+) -> dict[str, tuple[int, float, float]]:
+    """Per status of the split topology's final reply: how many events, and the final
+    accuracy of split and of single on exactly those events (where skipping the verifier,
+    or verifying, gains or loses against the heavy model)."""
+    split, single = outcomes["split"], outcomes["single"]
+    out = {}
+    for status in sorted(set(split.final_status.values())):
+        ids = {e for e, s in split.final_status.items() if s == status}
+        out[status] = (
+            len(ids),
+            accuracy(split.final_doc, gold, ids, intent_of),
+            accuracy(single.final_doc, gold, ids, intent_of),
+        )
+    return out
 
 
 def article_intents() -> dict[str, str | None]:
@@ -460,6 +512,28 @@ def main() -> None:
         f"dead letters {single['dead_letters']} / {split['dead_letters']}; "
         f"wall s single {single['wall_s']:.1f} split {split['wall_s']:.1f}"
     )
+    breakdown = {
+        name: cost_by_role(outcome, governance.roles, len(outcome.cost_by_conversation))
+        for name, outcome in outcomes.items()
+    }
+    for name, lines in breakdown.items():
+        print(
+            f"cost by role, {name} (USD/conversation in + out; calls; tokens in/out per call): "
+            + "; ".join(
+                f"{r['role']} {r['usd_in_per_conversation']:.6f} + "
+                f"{r['usd_out_per_conversation']:.6f}, {r['calls']} calls, "
+                f"{r['tokens_in_per_call']:.0f}/{r['tokens_out_per_call']:.0f}"
+                for r in lines
+            )
+        )
+    by_status = accuracy_by_status(outcomes, traffic.gold, intent_of)
+    print(
+        "accuracy by the split final's status (events: split / single on the same events): "
+        + "; ".join(
+            f"{status} {n}: {split_acc:.3f} / {single_acc:.3f}"
+            for status, (n, split_acc, single_acc) in by_status.items()
+        )
+    )
     statuses = Counter(split_run.final_status.values())
     print(
         "split final replies by status: "
@@ -479,6 +553,8 @@ def main() -> None:
                     "split": split,
                     "ratios": ratios,
                     "targets": {label: met for label, _, _, _, met in targets},
+                    "cost_by_role": breakdown,
+                    "accuracy_by_status": by_status,
                 }
             )
         )

@@ -188,6 +188,21 @@ def calibrated_probability(
     return calibration.probability_right(role, confidence, provider)
 
 
+GivenRouter = Callable[[float | None, float | None, bool], float | None]
+"""(fast raw confidence, router intent probability, the answer cites that intent's article)
+-> probability the local fast answer is right; None: unknown."""
+
+
+def calibrated_given_router(
+    confidence: float | None, router_probability: float | None, cites_router_article: bool
+) -> float | None:
+    """The shipped agreement map (splitpin/providers/calibration.py); the fast map alone
+    when the router's probability is unknown or the artifact predates the map."""
+    return calibration.fast_probability_given_router(
+        confidence, router_probability, cites_router_article
+    )
+
+
 def audited(event_id: str, fraction: float) -> bool:
     """True for the `fraction` of event ids in the audit sample: a hash, so the same on every
     worker, in every process and after a recovery re-issues the job."""
@@ -263,6 +278,12 @@ class AnswerPolicy:
     from `context.summary_cache_entries`."""
     latencies: dict[str, StreamingQuantile] = field(default_factory=dict)
     """Per role: recent fast-pass latencies, for the hedge timer (replies.hedging)."""
+    intent_article: Callable[[str, str], str | None] | None = None
+    """(tenant_id, intent) -> the doc id of that intent's article in the tenant's KB
+    (ModelGateway.intent_article). None: the router's agreement is not weighed and the
+    answer's own calibrated confidence decides (as `replies.verify_evidence: fast`)."""
+    given_router: GivenRouter = calibrated_given_router
+    """The verification policy's input when the router's agreement is weighed."""
 
     def __post_init__(self) -> None:
         if self.summaries is None:
@@ -368,6 +389,15 @@ class AnswerPolicy:
     def confident_intent(self, decision: RoutingDecision) -> str | None:
         """The router's intent when it clears `knowledge.intent_min_confidence`."""
         bound = self.governance.knowledge.intent_min_confidence
+        if decision.intent is None or decision.intent == "none" or decision.confidence is None:
+            return None
+        return decision.intent if decision.confidence >= bound else None
+
+    def attach_intent(self, decision: RoutingDecision) -> str | None:
+        """The router's intent whose article is attached first: it clears
+        `knowledge.intent_attach_min_confidence`, lower than the "not covered" bound: one
+        more candidate for the verifier costs little (docs/local_fleet.md, held-out misses)."""
+        bound = self.governance.knowledge.intent_attach_min_confidence
         if decision.intent is None or decision.intent == "none" or decision.confidence is None:
             return None
         return decision.intent if decision.confidence >= bound else None
@@ -620,7 +650,7 @@ class AnswerPolicy:
             emit += [final, *self._timing(job, final)]
             return Step(emit=emit, done=True)
         if replies.verify != "always":  # `always` needs no calibration, so loads none
-            job.probability = self.probability(result.role, result.confidence, result.provider)
+            job.probability = self._probability_right(decision, result)
         choice = verification_choice(
             replies, decision.event_id, job.probability, pinned=decision.pinned
         )
@@ -655,8 +685,53 @@ class AnswerPolicy:
             # only the long-context role can read): its answer is final, marked unverified.
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
-        call = self._call(job, "verify", verifier, (candidate,), messages=messages)
-        return Step(emit=emit, calls=[call])
+        call_id, spec = self._call(job, "verify", verifier, (candidate,), messages=messages)
+        spec = replace(spec, sources=self._verifier_sources(decision, result, spec.sources))
+        return Step(emit=emit, calls=[(call_id, spec)])
+
+    def _probability_right(self, decision: RoutingDecision, result: ModelResult) -> float | None:
+        """The verification policy's input. A local fast answer, when the router named an
+        intent whose article the tenant's KB holds and `replies.verify_evidence` is
+        `fast_and_router`: the agreement map's P(right | its confidence, the router's
+        intent probability, whether its first citation is that article). Otherwise the
+        answering role's calibrated confidence alone."""
+        intent = decision.intent
+        article = None
+        if (
+            self.intent_article is not None
+            and self.governance.replies.verify_evidence == "fast_and_router"
+            and result.role == "fast"
+            and result.provider == calibration.LOCAL_PROVIDER
+            and intent not in (None, "none")
+        ):
+            assert intent is not None  # checked just above
+            article = self.intent_article(decision.tenant_id, intent)
+        if article is None:
+            return self.probability(result.role, result.confidence, result.provider)
+        cited = _doc_ids(result)
+        agree = bool(cited) and cited[0] == article
+        return self.given_router(result.confidence, decision.confidence, agree)
+
+    def _verifier_sources(
+        self,
+        decision: RoutingDecision,
+        draft: ModelResult,
+        sources: tuple[SourceDoc, ...] | None,
+    ) -> tuple[SourceDoc, ...] | None:
+        """`replies.verifier_other_sources`: the articles the verifier must choose among
+        (the draft's citations, the router intent's article) and the n best-ranked others,
+        in their attached order; None or unknown sources: all of them."""
+        others = self.governance.replies.verifier_other_sources
+        if others is None or sources is None:
+            return sources
+        keep = set(_doc_ids(draft))
+        if self.intent_article is not None and decision.intent not in (None, "none"):
+            article = self.intent_article(decision.tenant_id, decision.intent or "")
+            if article is not None:
+                keep.add(article)
+        kept = [doc for doc in sources if doc.doc_id in keep]
+        kept += [doc for doc in sources if doc.doc_id not in keep][:others]
+        return tuple(doc for doc in sources if doc in kept)
 
     def _messages_for(
         self, role: ModelRole, dispatch: Dispatch, candidates: tuple[Candidate, ...]
@@ -903,7 +978,7 @@ class AnswerPolicy:
             sources=job.sources,
             candidates=candidates,
             timeout_s=timeout,
-            intent=None if decision.tier == "trivial" else self.confident_intent(decision),
+            intent=None if decision.tier == "trivial" else self.attach_intent(decision),
         )
         return purpose, spec
 

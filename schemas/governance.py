@@ -488,6 +488,20 @@ class RepliesConfig(_Frozen):
         description="audit: the share of confident fast answers still verified, to measure "
         "the fast path's live accuracy.",
     )
+    verifier_other_sources: int | None = Field(
+        default=None,
+        ge=0,
+        description="The sources a verifier reading a draft gets: None: every source the "
+        "draft had; n: the articles the draft cites, the router intent's article, and the "
+        "n best-ranked others (a smaller prompt; docs/calibration.md measures the effect).",
+    )
+    verify_evidence: Literal["fast", "fast_and_router"] = Field(
+        default="fast_and_router",
+        description="What the probability compared with verify_min_probability rests on. "
+        "fast: the answering role's calibrated confidence alone; fast_and_router: for a "
+        "local fast answer, also the router's intent probability and whether the answer "
+        "cites that intent's article (the calibration's agreement map, docs/calibration.md).",
+    )
 
 
 class AccountingConfig(_Frozen):
@@ -524,9 +538,17 @@ class KnowledgeConfig(_Frozen):
         default=0.5,
         ge=0,
         le=1,
+        description="At or above this router intent confidence a KB that uses the router's "
+        "intents but lacks this one gets replies.clarify_reply instead of a guess.",
+    )
+    intent_attach_min_confidence: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
         description="At or above this router intent confidence the tenant's article of that "
-        "intent is attached first, besides the embedding search; and a KB that uses the "
-        "router's intents but lacks this one gets replies.clarify_reply instead of a guess.",
+        "intent is attached first, besides the embedding search. Lower than "
+        "intent_min_confidence: attaching one more candidate costs little (the verifier "
+        "still chooses), telling a customer their intent is not covered costs a reply.",
     )
 
     @field_validator("bases", mode="after")

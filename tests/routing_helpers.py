@@ -13,6 +13,9 @@ from splitpin.schemas.governance import GovernanceConfig, load_governance
 from tests.factories import event_dict
 
 SHIPPED = load_governance(REPO_ROOT / "config" / "governance.yaml")
+VERIFY_EVERY_ANSWER: dict[str, Any] = {"verify": "always", "hedging": {"enabled": False}}
+"""`replies` for tests of the verified-answer mechanics (preliminary, verifier, correction,
+timeouts) rather than of the selective policy or hedging the shipped config enables."""
 
 
 def governance(**sections: dict[str, Any]) -> GovernanceConfig:

@@ -11,7 +11,11 @@ only measures:
   and an isotonic map raw confidence -> P(cited article is the gold intent's) is fitted
   per role; compliance uses the verifier's responder, so it gets the verifier's map;
 * the router's intent head (banking77 halves) and domain head (CLINC150 halves) each get
-  the temperature minimising the negative log-likelihood.
+  the temperature minimising the negative log-likelihood;
+* the agreement map (format 2): the fast responder answers each routine row (not pinned as
+  compliance, not small talk) as in the flow, with the router's confident intent's article
+  attached first, and P(right | fast probability, router intent probability, cites the
+  router intent's article) is fitted in the form cross-validation prefers.
 
 Writes `calibration.json` beside the heads (with the sha256 of every input, the command,
 and the evaluation-half figures) and, with `--plot`, a reliability diagram.
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from splitpin.core.router.classifier import model_input, resolve_artifacts_dir
+from splitpin.core.router.classifier import Classifier, model_input, resolve_artifacts_dir
 from splitpin.core.router.heads import (
     ECE_BINS,
     MANIFEST,
@@ -43,12 +47,15 @@ from splitpin.core.router.heads import (
     softmax,
 )
 from splitpin.core.router.train import load_training_data
+from splitpin.operators.model_gateway import with_intent_article
 from splitpin.providers.base import Candidate, Message, ModelRequest
 from splitpin.providers.calibration import (
     CALIBRATION_FILE,
     CALIBRATION_FORMAT,
     PLATT,
+    AgreementMap,
     IsotonicMap,
+    fit_agreement_cv,
     fit_isotonic_cv,
     halves,
 )
@@ -66,6 +73,8 @@ TENANT = "calibration"
 MAX_TOKENS = 400
 FITTED_ROLES = ("fast", "verifier", "long_context")
 NOISE_DRAWS = 200
+AGREEMENT_BOUNDS = (0.8, 0.9, 0.95)
+"""verify_min_probability values whose accepted share and accuracy the record reports."""
 SHARED_MAPS = {"compliance": "verifier"}
 """Roles answered by another role's responder: same requests, same confidence, same map."""
 
@@ -143,6 +152,94 @@ def _fleet_samples(
         role: Sample(np.asarray(c, dtype=np.float64), np.asarray(y, dtype=np.float64))
         for role, (c, y) in out.items()
     }
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementSample:
+    """Per routine row: the fast answer's raw confidence, the router's intent probability,
+    whether the answer cites that intent's article, whether it is right."""
+
+    confidence: npt.NDArray[np.float64]
+    router: npt.NDArray[np.float64]
+    agree: npt.NDArray[np.bool_]
+    correct: npt.NDArray[np.float64]
+
+
+def _agreement_samples(
+    fleet: LocalFleet, classifier: Classifier, rows: Sequence[tuple[str, str]], prefix: str
+) -> AgreementSample:
+    """The fast pass as the flow makes it (operators/model_gateway.py): the router's intent
+    (when it clears knowledge.intent_attach_min_confidence) puts its article first among the
+    retrieved ones. Rows the router pins (compliance) or settles as small talk are left out:
+    the verification policy never sees them."""
+    kb = fleet.bases[KB_NAME]
+    top_k = fleet.governance.knowledge.top_k
+    bound = fleet.governance.knowledge.intent_attach_min_confidence
+    fast = FastResponder("fast", fleet.governance.roles["fast"], fleet)
+    classes = classifier.classify_batch([text for text, _ in rows])
+    out: tuple[list[float], list[float], list[bool], list[float]] = ([], [], [], [])
+    for i, ((text, intent), found) in enumerate(zip(rows, classes, strict=True)):
+        gold = kb.article_for_intent(intent)
+        if gold is None or found.compliance or found.trivial:
+            continue
+        router_article = kb.article_for_intent(found.intent)
+        confident = router_article is not None and found.intent_confidence >= bound
+        sources = with_intent_article(
+            router_article.as_source(1.0) if confident and router_article else None,
+            fleet.retriever.retrieve(KB_NAME, text, top_k),
+            top_k,
+        )
+        request = ModelRequest(
+            request_id=f"{prefix}-{i}:0",
+            role="fast",
+            tenant_id=TENANT,
+            messages=(Message(role="user", content=text),),
+            max_tokens=MAX_TOKENS,
+            sources=sources,
+        )
+        result, _ = fast.respond(request)
+        cited = result.citations[0].doc_id if result.citations else None
+        out[0].append(float(result.confidence or 0.0))
+        out[1].append(float(found.intent_confidence))
+        out[2].append(router_article is not None and cited == router_article.doc_id)
+        out[3].append(float(cited == gold.doc_id))
+    return AgreementSample(
+        np.asarray(out[0], dtype=np.float64),
+        np.asarray(out[1], dtype=np.float64),
+        np.asarray(out[2], dtype=np.bool_),
+        np.asarray(out[3], dtype=np.float64),
+    )
+
+
+def _at_bounds(probability: npt.NDArray[np.float64], correct: npt.NDArray[np.float64]) -> Any:
+    """Per bound: the share of rows a policy with that verify_min_probability would accept
+    unverified, and the accuracy of that accepted share (None when it is empty)."""
+    out = {}
+    for bound in AGREEMENT_BOUNDS:
+        accepted = probability >= bound
+        share = float(accepted.mean()) if accepted.size else 0.0
+        right = float(correct[accepted].mean()) if accepted.any() else None
+        out[str(bound)] = {
+            "accepted_share": round(share, 4),
+            "accepted_accuracy": None if right is None else round(right, 4),
+        }
+    return out
+
+
+def _agreement_figures(
+    fast_map: IsotonicMap, fitted: AgreementMap, sample: AgreementSample
+) -> dict[str, Any]:
+    """The evaluation half: calibration of the fast map alone vs the agreement map on the
+    same answers, and what each would accept at each bound."""
+    alone = fast_map.apply(sample.confidence)
+    joint = fitted.apply(alone, sample.router, sample.agree)
+    figures = _figures(Sample(alone, sample.correct), joint)
+    figures["agree_share"] = round(float(sample.agree.mean()), 4)
+    figures["accuracy_when_agree"] = round(float(sample.correct[sample.agree].mean()), 4)
+    figures["accuracy_when_not"] = round(float(sample.correct[~sample.agree].mean()), 4)
+    figures["at_bound_fast_alone"] = _at_bounds(alone, sample.correct)
+    figures["at_bound_agreement"] = _at_bounds(joint, sample.correct)
+    return figures
 
 
 def _logits(
@@ -257,6 +354,27 @@ def calibrate(
     for role, source in SHARED_MAPS.items():
         maps[role] = maps[source]
 
+    classifier = Classifier(fleet.embedder, bundle, governance.classifier, governance.routing)
+    agree_fit = _agreement_samples(fleet, classifier, fit_rows, "calibrate-agree-fit")
+    agree_eval = _agreement_samples(fleet, classifier, eval_rows, "calibrate-agree-eval")
+    agreement, brier = fit_agreement_cv(
+        maps["fast"].apply(agree_fit.confidence),
+        agree_fit.router,
+        agree_fit.agree,
+        agree_fit.correct,
+    )
+    agreement_figures = _agreement_figures(maps["fast"], agreement, agree_eval)
+    agreement_figures["method"] = agreement.score
+    agreement_figures["cv_brier"] = brier
+    agreement_figures["fit_n"] = len(agree_fit.correct)
+    echo(
+        f"agreement: {agreement.score} (cv Brier {brier}); eval n {agreement_figures['n']}, "
+        f"accuracy {agreement_figures['accuracy']}, ECE fast alone "
+        f"{agreement_figures['ece_before']} -> {agreement_figures['ece_after']}; at 0.9 "
+        f"accepts {agreement_figures['at_bound_agreement']['0.9']} "
+        f"(fast alone {agreement_figures['at_bound_fast_alone']['0.9']})"
+    )
+
     heads_manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     document: dict[str, Any] = {
         "format": CALIBRATION_FORMAT,
@@ -276,7 +394,12 @@ def calibrate(
         "shared_maps": SHARED_MAPS,
         "temperatures": temperatures,
         "maps": {role: m.to_json() for role, m in sorted(maps.items())},
-        "figures": {"heads": head_figures, "roles": role_figures},
+        "agreement": agreement.to_json(),
+        "figures": {
+            "heads": head_figures,
+            "roles": role_figures,
+            "agreement": agreement_figures,
+        },
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CALIBRATION_FILE).write_text(
@@ -294,11 +417,18 @@ def reliability_plot(figures: dict[str, Any], path: Path) -> Path:
 
     panels = [(f"router {k} head", v) for k, v in figures["heads"].items()]
     panels += [(f"fleet {k}", v) for k, v in figures["roles"].items()]
+    if "agreement" in figures:
+        panels.append(("fast x router intent", figures["agreement"]))
     figure = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, fig) in zip(axes, panels, strict=True):
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
-        for key, label in (("bins_before", "raw"), ("bins_after", "calibrated")):
+        names = (
+            ("fast alone", "agreement")
+            if fig is figures.get("agreement")
+            else ("raw", "calibrated")
+        )
+        for key, label in zip(("bins_before", "bins_after"), names, strict=True):
             pts = [(c, a) for n, c, a in fig[key] if n]
             ece = fig["ece_before" if key == "bins_before" else "ece_after"]
             ax.plot(*zip(*pts, strict=True), marker="o", label=f"{label} (ECE {ece:.3f})")

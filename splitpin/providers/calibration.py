@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +35,9 @@ from splitpin.errors import ConfigError
 from splitpin.schemas.governance import ClassifierConfig
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2
+"""2 added the `agreement` map (fast answer x router intent); format 1 files still load."""
+READABLE_FORMATS = (1, 2)
 PROBABILITY_DECIMALS = 4
 LOCAL_PROVIDER = "local"
 FLEET_ROLES = ("fast", "verifier", "long_context", "compliance")
@@ -136,13 +138,112 @@ class IsotonicMap:
         return {"x": list(self.x), "y": list(self.y)}
 
 
+AgreementScore = Literal["product", "min", "router", "logistic"]
+SCORES: tuple[AgreementScore, ...] = ("product", "min", "router", "logistic")
+"""How an AgreementMap combines its two probabilities (logistic: the 3-feature model)."""
+STRATA = ("agree", "disagree")
+
+
+def agreement_score(score: AgreementScore, fast: npt.ArrayLike, router: npt.ArrayLike) -> Any:
+    """The one number an isotonic stratum maps: non-decreasing in each probability."""
+    f = np.asarray(fast, dtype=np.float64)
+    r = np.asarray(router, dtype=np.float64)
+    if score == "product":
+        return f * r
+    if score == "min":
+        return np.minimum(f, r)
+    return r  # "router": the fast probability only picks the stratum's evidence
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementMap:
+    """P(the fast answer cites the right article | its calibrated probability `fast`, the
+    router's intent probability `router`, whether it cites the router intent's article).
+
+    Two mostly independent signals: when the answer cites the article of the intent the
+    router is sure of, both must be wrong together for it to be wrong. Either one isotonic
+    map per agreement stratum over `agreement_score` (monotone in each probability by
+    construction), or a logistic on (logit fast, logit router, agree) with non-negative
+    probability weights. Fitted by `splitpin router calibrate` (`fit_agreement_cv`)."""
+
+    score: AgreementScore
+    strata: Mapping[str, IsotonicMap]
+    """"agree" / "disagree" maps (empty for the logistic)."""
+    weights: tuple[float, ...] = ()
+    """Logistic only: intercept, logit(fast), logit(router), agree."""
+
+    def __post_init__(self) -> None:
+        if self.score == "logistic":
+            if len(self.weights) != 4 or self.weights[1] < 0 or self.weights[2] < 0:
+                msg = "a logistic agreement map needs 4 weights, non-negative on both logits"
+                raise ValueError(msg)
+        elif set(self.strata) != set(STRATA):
+            msg = f"an isotonic agreement map needs one map per stratum {STRATA}"
+            raise ValueError(msg)
+
+    def apply(
+        self, fast: npt.ArrayLike, router: npt.ArrayLike, agree: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        f = np.asarray(fast, dtype=np.float64)
+        r = np.asarray(router, dtype=np.float64)
+        a = np.asarray(agree, dtype=bool)
+        if self.score == "logistic":
+            w = self.weights
+            z = w[0] + w[1] * _logit(f) + w[2] * _logit(r) + w[3] * a
+            return np.asarray(np.round(1.0 / (1.0 + np.exp(-z)), PROBABILITY_DECIMALS))
+        s = agreement_score(self.score, f, r)
+        return np.asarray(
+            np.where(a, self.strata["agree"].apply(s), self.strata["disagree"].apply(s))
+        )
+
+    def __call__(self, fast: float, router: float, agree: bool) -> float:
+        value = float(self.apply(np.array([fast]), np.array([router]), np.array([agree]))[0])
+        return round(value, PROBABILITY_DECIMALS)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.score == "logistic":
+            return {"score": self.score, "weights": list(self.weights)}
+        return {"score": self.score, "strata": {k: m.to_json() for k, m in self.strata.items()}}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AgreementMap:
+        score = raw["score"]
+        if score not in SCORES:
+            msg = f"unknown agreement score {score!r}"
+            raise ValueError(msg)
+        strata = {
+            k: IsotonicMap(tuple(m["x"]), tuple(m["y"])) for k, m in raw.get("strata", {}).items()
+        }
+        return cls(score, strata, tuple(float(w) for w in raw.get("weights", ())))
+
+
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """The shipped maps: one isotonic map per fleet role, one temperature per router head."""
+    """The shipped maps: one isotonic map per fleet role, one temperature per router head,
+    and (format 2) the fast role's agreement map with the router's intent."""
 
     maps: Mapping[str, IsotonicMap]
     temperatures: Mapping[str, float]  # "intent", "domain"
     manifest: Mapping[str, Any]
+    agreement: AgreementMap | None = None
+    """None in a format-1 file: the fast answer's own map is all there is."""
+
+    def fast_probability_given_router(
+        self,
+        raw_confidence: float | None,
+        router_probability: float | None,
+        cites_router_article: bool,
+    ) -> float | None:
+        """P(a local `fast` answer cites the right article), from its raw confidence, the
+        router's intent probability for the event (the decision's, raw head softmax) and
+        whether its first citation is that intent's article. Falls back to the fast map
+        alone when the router's probability is unknown or the file has no agreement map;
+        None when the answer's confidence is unknown."""
+        fast = self.probability_right("fast", raw_confidence)
+        if fast is None or router_probability is None or self.agreement is None:
+            return fast
+        router = min(max(float(router_probability), 0.0), 1.0)
+        return self.agreement(fast, router, cites_router_article)
 
     def probability_right(
         self, role: str, raw_confidence: float | None, provider: str = LOCAL_PROVIDER
@@ -235,6 +336,87 @@ def fit_isotonic_cv(
     return _fit(c, y, chosen), chosen
 
 
+def _fit_logistic(design: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> Any:
+    """Newton steps on a lightly ridged logistic log-likelihood (as fit_platt)."""
+    w = np.zeros(design.shape[1])
+    ridge = 1e-3 * np.eye(design.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        grad = design.T @ (p - y) + ridge @ w
+        hess = design.T @ (design * (p * (1 - p))[:, None]) + ridge
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    return w
+
+
+def fit_agreement(
+    score: AgreementScore,
+    fast: npt.ArrayLike,
+    router: npt.ArrayLike,
+    agree: npt.ArrayLike,
+    correct: npt.ArrayLike,
+) -> AgreementMap:
+    """One agreement map of the given form. Isotonic forms: per stratum, `fit_isotonic_cv`
+    (Platt or isotonic, by inner cross-validation) on the score; a stratum without rows
+    gets the overall base rate. Logistic: a negative weight on a logit is dropped (the
+    feature left out and the rest refitted), so the map stays monotone."""
+    f = np.asarray(fast, dtype=np.float64)
+    r = np.asarray(router, dtype=np.float64)
+    a = np.asarray(agree, dtype=bool)
+    y = np.asarray(correct, dtype=np.float64)
+    base = float(y.mean()) if y.size else 0.0
+    if score == "logistic":
+        columns = [np.ones_like(f), _logit(f), _logit(r), a.astype(np.float64)]
+        keep = [0, 1, 2, 3]
+        while True:
+            w = _fit_logistic(np.column_stack([columns[k] for k in keep]), y)
+            weights = dict(zip(keep, (float(v) for v in w), strict=True))
+            negative = [k for k in (1, 2) if weights.get(k, 0.0) < 0]
+            if not negative:
+                break
+            keep.remove(negative[0])
+        return AgreementMap(score, {}, tuple(round(weights.get(k, 0.0), 6) for k in range(4)))
+    s = agreement_score(score, f, r)
+    strata: dict[str, IsotonicMap] = {}
+    for name, mask in (("agree", a), ("disagree", ~a)):
+        if mask.sum() >= CV_FOLDS:
+            strata[name], _ = fit_isotonic_cv(s[mask], y[mask])
+        else:
+            strata[name] = IsotonicMap((0.0,), (round(base, PROBABILITY_DECIMALS),))
+    return AgreementMap(score, strata)
+
+
+def fit_agreement_cv(
+    fast: npt.ArrayLike,
+    router: npt.ArrayLike,
+    agree: npt.ArrayLike,
+    correct: npt.ArrayLike,
+    scores: Sequence[AgreementScore] = SCORES,
+) -> tuple[AgreementMap, dict[str, float]]:
+    """The form with the least cross-validated Brier score on the fitting rows (fold = row
+    index mod CV_FOLDS, as fit_isotonic_cv), refitted on all of them. Returns the map and
+    each form's mean cross-validated Brier score (for the record)."""
+    f = np.asarray(fast, dtype=np.float64)
+    r = np.asarray(router, dtype=np.float64)
+    a = np.asarray(agree, dtype=bool)
+    y = np.asarray(correct, dtype=np.float64)
+    folds = np.arange(len(y)) % CV_FOLDS
+    brier: dict[str, float] = {}
+    for score in scores:
+        errors = 0.0
+        for fold in range(CV_FOLDS):
+            train, test = folds != fold, folds == fold
+            if not train.any() or not test.any():
+                continue
+            fitted = fit_agreement(score, f[train], r[train], a[train], y[train])
+            errors += float(((fitted.apply(f[test], r[test], a[test]) - y[test]) ** 2).sum())
+        brier[score] = round(errors / max(len(y), 1), 6)
+    chosen = min(scores, key=lambda k: (brier[k], scores.index(k)))
+    return fit_agreement(chosen, f, r, a, y), brier
+
+
 def halves(texts: Sequence[str], labels: Sequence[str]) -> tuple[list[int], list[int]]:
     """Deterministic stratified halves (calibration, evaluation) of labelled rows: per label,
     rows ordered by sha256 of their text, alternately assigned (first to calibration), so the
@@ -266,11 +448,12 @@ def read_calibration(directory: Path) -> Calibration:
         maps = {role: IsotonicMap(tuple(m["x"]), tuple(m["y"])) for role, m in raw["maps"].items()}
         temperatures = {k: float(v) for k, v in raw["temperatures"].items()}
         heads_sha = raw["heads"]["manifest_sha256"]
+        agreement = AgreementMap.from_json(raw["agreement"]) if "agreement" in raw else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         msg = f"{path} is unreadable or incomplete ({exc!r}); {_HINT}"
         raise ConfigError(msg) from exc
-    if fmt != CALIBRATION_FORMAT:
-        msg = f"{path}: format {fmt}, this splitpin reads {CALIBRATION_FORMAT}; {_HINT}"
+    if fmt not in READABLE_FORMATS:
+        msg = f"{path}: format {fmt}, this splitpin reads {READABLE_FORMATS}; {_HINT}"
         raise ConfigError(msg)
     if any(t <= 0 for t in temperatures.values()):
         msg = f"{path}: temperatures must be positive; {_HINT}"
@@ -279,7 +462,7 @@ def read_calibration(directory: Path) -> Calibration:
     if actual != heads_sha:
         msg = f"{path} was fitted for heads with manifest sha256 {heads_sha}, not {actual}; {_HINT}"
         raise ConfigError(msg)
-    return Calibration(maps=maps, temperatures=temperatures, manifest=raw)
+    return Calibration(maps=maps, temperatures=temperatures, manifest=raw, agreement=agreement)
 
 
 @functools.cache
@@ -305,3 +488,12 @@ def probability_right(
     For the verification policy (operators/answering.py): None when the confidence is
     unknown or the role has no map; remote providers' confidence passes through."""
     return packaged_calibration().probability_right(role, raw_confidence, provider)
+
+
+def fast_probability_given_router(
+    raw_confidence: float | None, router_probability: float | None, cites_router_article: bool
+) -> float | None:
+    """`Calibration.fast_probability_given_router` of the packaged calibration."""
+    return packaged_calibration().fast_probability_given_router(
+        raw_confidence, router_probability, cites_router_article
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -210,6 +211,9 @@ class KnowledgeBase:
     idf: Mapping[str, float] = field(init=False)
     _by_id: Mapping[str, int] = field(init=False)
     _by_intent: Mapping[str, int] = field(init=False)
+    sort_keys: tuple[tuple[str, int, str], ...] = field(init=False)
+    """`doc_sort_key` of each article, in `articles` order: computed once, not per query."""
+    intent_labels: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.embeddings.shape != (len(self.articles), EMBEDDING_DIM):
@@ -225,6 +229,9 @@ class KnowledgeBase:
         object.__setattr__(self, "_by_id", {a.doc_id: i for i, a in enumerate(self.articles)})
         by_intent = {a.intent: i for i, a in enumerate(self.articles) if a.intent is not None}
         object.__setattr__(self, "_by_intent", by_intent)
+        object.__setattr__(self, "sort_keys", tuple(doc_sort_key(a.doc_id) for a in self.articles))
+        labels = frozenset(a.intent for a in self.articles if a.intent)
+        object.__setattr__(self, "intent_labels", labels)
 
     @classmethod
     def from_bytes(
@@ -365,6 +372,15 @@ def rank(scores: Sequence[float], doc_ids: Sequence[str]) -> list[int]:
     return sorted(range(len(doc_ids)), key=lambda i: (-rounded[i], doc_sort_key(doc_ids[i])))
 
 
+def top_ranked(
+    scores: Sequence[float], sort_keys: Sequence[tuple[str, int, str]], k: int
+) -> list[int]:
+    """`rank(scores, doc_ids)[:k]`, given the doc ids' `doc_sort_key`s: the same order
+    (heapq.nsmallest equals sorted()[:k]), without sorting a whole base for k articles."""
+    rounded = [round(float(s), RANK_DECIMALS) for s in scores]
+    return heapq.nsmallest(k, range(len(rounded)), key=lambda i: (-rounded[i], sort_keys[i]))
+
+
 def _package_kb(name: str) -> tuple[bytes, str]:
     """The packaged file, found next to this module.
 
@@ -492,7 +508,7 @@ class Retriever:
 
     def intents(self, kb_name: str) -> frozenset[str]:
         """Every intent label the base's articles carry."""
-        return frozenset(a.intent for a in self._bases[kb_name].articles if a.intent)
+        return self._bases[kb_name].intent_labels
 
     def retrieve_by_embedding(
         self, kb_name: str, query: FloatArray, top_k: int
@@ -502,5 +518,5 @@ class Retriever:
             raise ValueError(msg)
         kb = self._bases[kb_name]
         scores = kb.embeddings @ query
-        order = rank(scores.tolist(), [a.doc_id for a in kb.articles])[:top_k]
+        order = top_ranked(scores.tolist(), kb.sort_keys, top_k)
         return tuple(kb.articles[i].as_source(float(scores[i])) for i in order)

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -62,7 +63,7 @@ from splitpin.providers.knowledge_base import (
     content_words,
     rank,
 )
-from splitpin.providers.prompting import quoted_request
+from splitpin.providers.prompting import STATIC_TOKENS_MEMO, quoted_request
 from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import GovernanceConfig, RoleConfig
 from splitpin.schemas.replies import Citation
@@ -172,11 +173,20 @@ def user_turns(request: ModelRequest) -> list[str]:
 
 def truncate_tokens(text: str, max_tokens: int, encoding_name: str) -> str:
     """Stop at the output budget, as a remote model would."""
+    return truncated(text, max_tokens, encoding_name)[0]
+
+
+@lru_cache(maxsize=STATIC_TOKENS_MEMO)
+def truncated(text: str, max_tokens: int, encoding_name: str) -> tuple[str, int]:
+    """`truncate_tokens` and the result's token count from one encoding (the count of a
+    text that fits is the length of that encoding, exactly what `count_tokens` returns).
+    Remembered: answers are article texts, the same few hundred over and over."""
     enc = encoding(encoding_name)
     tokens = enc.encode(text, disallowed_special=())
     if len(tokens) <= max_tokens:
-        return text
-    return enc.decode(tokens[:max_tokens])
+        return text, len(tokens)
+    cut = enc.decode(tokens[:max_tokens])
+    return cut, count_tokens(cut, encoding_name)
 
 
 def prompt_tokens(request: ModelRequest, system_prompt: str, encoding_name: str) -> int:
@@ -185,6 +195,26 @@ def prompt_tokens(request: ModelRequest, system_prompt: str, encoding_name: str)
     parts.extend(m.content for m in request.messages)
     parts.extend(f"{s.title}\n{s.text}" for s in request.sources)
     return sum(count_tokens(p, encoding_name) for p in parts if p)
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    """The verifier's evidence for one option, before weighting."""
+
+    cosine: float  # recency-weighted query of the recent turns . article
+    head: float | None  # intent head's probability of the article's intent, if it has one
+    lexical: float | None  # IDF word coverage, for articles without a trained intent
+    support: float  # mean confidence of the fast candidates citing the article
+
+
+def combine_parts(parts: ScoreParts) -> float:
+    """W_COS x cosine + (W_HEAD x head or W_LEX x lexical) + W_CAND x support."""
+    score = W_COS * parts.cosine
+    if parts.head is not None:
+        score += W_HEAD * parts.head
+    elif parts.lexical is not None:
+        score += W_LEX * parts.lexical
+    return score + W_CAND * parts.support
 
 
 # --- Options: the articles a responder may answer from -------------------------------
@@ -380,9 +410,9 @@ class LocalResponder:
             )
             raise ContextOverflowError(msg, model=PROVIDER_NAME)
         answer = self.answer(request)
-        text = truncate_tokens(answer.text, max_out, enc)
+        text, tokens_out = truncated(answer.text, max_out, enc)
         answer = Answer(text, answer.citations, answer.confidence, answer.version_tag)
-        return answer, Usage(tokens_in=tokens_in, tokens_out=count_tokens(text, enc))
+        return answer, Usage(tokens_in=tokens_in, tokens_out=tokens_out)
 
     def answer(self, request: ModelRequest) -> Answer:
         raise NotImplementedError
@@ -452,6 +482,19 @@ class Verifier(LocalResponder):
         the attached articles' intents (None when no option has a trained intent). Low
         coverage means the head believes the right article was not retrieved, so no margin
         makes the answer sure."""
+        parts, coverage = self.score_parts(request, options, turns, weights, query)
+        return [combine_parts(p) for p in parts], coverage
+
+    def score_parts(
+        self,
+        request: ModelRequest,
+        options: Options,
+        turns: Sequence[str],
+        weights: npt.NDArray[np.float64],
+        query: FloatArray,
+    ) -> tuple[list[ScoreParts], float | None]:
+        """The unweighted evidence per option (what `scores` weighs), kept apart so a
+        benchmark can say which term moved a choice (bench/heldout_citations.py --explain)."""
         index = self.fleet.intent_index
         articles = [o.article for o in options.items]
         head_cols = [
@@ -466,21 +509,23 @@ class Verifier(LocalResponder):
             coverage = min(float(intents[cols].sum()), 1.0)
         words = content_words(" ".join(turns))
         candidates = request.candidates
-        scores: list[float] = []
+        parts: list[ScoreParts] = []
         for option, col in zip(options.items, head_cols, strict=True):
-            score = W_COS * float(option.embedding @ query)
+            head: float | None = None
+            lexical: float | None = None
             if col is not None and intents is not None:
-                score += W_HEAD * float(intents[col])
+                head = float(intents[col])
             elif option.kb is not None and option.index is not None:
                 article_words = option.kb.words[option.index]
-                score += W_LEX * lexical_coverage(words, article_words, option.kb)
+                lexical = lexical_coverage(words, article_words, option.kb)
+            support = 0.0
             if candidates:
                 votes = sum(
                     c.confidence or 0.0 for c in candidates if option.doc_id in c.doc_ids
                 )  # an unknown confidence casts no vote
-                score += W_CAND * votes / len(candidates)
-            scores.append(score)
-        return scores, coverage
+                support = votes / len(candidates)
+            parts.append(ScoreParts(float(option.embedding @ query), head, lexical, support))
+        return parts, coverage
 
 
 class LongContextResponder(LocalResponder):

@@ -39,7 +39,11 @@ def test_a_reply_citing_an_unattached_document_is_never_delivered(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = save_config(one_role_at_api(api, "fast", retry_budget=0), tmp_path)
+    config = one_role_at_api(api, "fast", retry_budget=0)
+    # The incident's path, one call after another: a hedged verifier racing the fast call
+    # may finish first (tests/integration/test_hedging_on_broker.py covers that race).
+    config["replies"]["hedging"]["enabled"] = False
+    path = save_config(config, tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -25,9 +25,9 @@ from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Citation, Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, decision
-from tests.routing_helpers import governance
+from tests.routing_helpers import VERIFY_EVERY_ANSWER, governance
 
-GOV = governance()
+GOV = governance(replies=VERIFY_EVERY_ANSWER)
 SOURCES = tuple(
     SourceDoc(
         doc_id=f"InternalDoc-{n}",

@@ -28,7 +28,7 @@ from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Citation
-from tests.routing_helpers import Conversation, classification, governance
+from tests.routing_helpers import VERIFY_EVERY_ANSWER, Conversation, classification, governance
 
 T_START = 1_800_000_000.0  # a processing-time instant at an hour boundary
 
@@ -47,7 +47,8 @@ def _gate(
     limit: float, clock: FakeClock | None = None, **tenant: object
 ) -> tuple[GovernanceConfig, BudgetGate]:
     gov = governance(
-        budgets={"tenants": {"acme-bank": {"limit_usd": limit, **tenant}}, "window_s": 3600}
+        budgets={"tenants": {"acme-bank": {"limit_usd": limit, **tenant}}, "window_s": 3600},
+        replies=VERIFY_EVERY_ANSWER,
     )
     return gov, BudgetGate(gov, clock or FakeClock())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -348,14 +349,30 @@ def _worst_answer(gov: GovernanceConfig, spec: CallSpec, kind: Kind) -> ModelRes
 
 
 def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> list[CostRecord]:
-    """Drive AnswerPolicy to the end; every CostRecord it emits."""
+    """Drive AnswerPolicy to the end as operators/model_calls.py does: calls run in order, a
+    scheduled (hedge) call only once nothing else is left, a cancelled call and every call
+    left when the job is done are settled as cancelled. Every CostRecord it emits, a
+    restated one (`settle`) replacing the first statement of its id."""
     policy = AnswerPolicy(gov, runner=_unused)
     job, step = policy.open(dispatch)
-    records: list[CostRecord] = []
+    records: dict[str, CostRecord] = {}
     queue = list(step.calls)
+    scheduled = [(call_id, spec) for call_id, spec, _ in step.delayed]
     n = 0
-    while queue:
-        call_id, spec = queue.pop(0)
+
+    def keep(items: Sequence[object]) -> None:
+        records.update({i.record_id: i for i in items if isinstance(i, CostRecord)})
+
+    def settle(stopped: set[str]) -> None:
+        nonlocal queue, scheduled
+        for gone in sorted(stopped & {c for c, _ in [*queue, *scheduled]}):
+            keep(policy.settle(job, gone, CallFailed("cancelled", "the job no longer needs it")))
+        queue = [c for c in queue if c[0] not in stopped]
+        scheduled = [c for c in scheduled if c[0] not in stopped]
+
+    while not step.done:
+        assert queue or scheduled, "a job that is not done waits for a call"
+        call_id, spec = queue.pop(0) if queue else scheduled.pop(0)
         kind = kinds[n % len(kinds)]
         n += 1
         outcome: CallOutcome | CallFailed
@@ -368,10 +385,14 @@ def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> lis
         else:
             outcome = CallOutcome(spec.request(SOURCES), _worst_answer(gov, spec, kind))
         step = policy.advance(job, call_id, outcome)
-        records += [item for item in step.emit if isinstance(item, CostRecord)]
-        queue.extend(step.calls)
-    assert step.done
-    return records
+        keep(step.emit)
+        # In the operator's order: cancellations, then new calls, then (done) the rest.
+        settle(set(step.cancel))
+        queue += step.calls
+        scheduled += [(c, s) for c, s, _ in step.delayed]
+        if step.done:
+            settle({c for c, _ in [*queue, *scheduled]})
+    return list(records.values())
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -421,7 +421,7 @@ def test_email_hedges_at_once_and_the_verifier_alone_can_end_the_job() -> None:
 
 
 def test_hedging_off_keeps_the_calls_one_after_the_other() -> None:
-    policy = AnswerPolicy(governance(), runner=_unused)
+    policy = AnswerPolicy(governance(replies={"hedging": {"enabled": False}}), runner=_unused)
     messages = (Message(role="user", content="my card has not arrived"),)
     item = Dispatch(decision("e-1", channel="email"), messages, "", dispatched_at=0.0)
     _, step = policy.open(item)

@@ -52,7 +52,7 @@ from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Citation, Reply
 from splitpin.schemas.validation import ValidationFailure
 from tests.factories import T0, decision
-from tests.routing_helpers import Conversation, governance
+from tests.routing_helpers import VERIFY_EVERY_ANSWER, Conversation, governance
 from tests.time_fakes import FakeClock, FakeSleep
 
 RESILIENCE = ResilienceConfig(
@@ -601,7 +601,7 @@ def test_breaker_state_gauge_follows_closed_open_half_open() -> None:
 
 # -- a provider's context-length error in the answering job ------------------------------
 
-GOV = governance()
+GOV = governance(replies=VERIFY_EVERY_ANSWER)
 SOURCES = (
     SourceDoc(
         doc_id="InternalDoc-11",
@@ -731,7 +731,7 @@ def test_an_overflowed_prompt_is_never_resent_to_a_window_that_cannot_hold_it(
     fit_order: tuple[ModelRole, ...],
     tenant: str,
 ) -> None:
-    gov = governance(context={"fit_order": fit_order})
+    gov = governance(context={"fit_order": fit_order}, replies=VERIFY_EVERY_ANSWER)
     role: ModelRole = "compliance" if pinned else "fast"
     dispatch = _dispatch(role=role, pinned=pinned, channel=channel, tenant_id=tenant)
     out, specs = _drive_overflow(dispatch, overflowing, gov)

@@ -345,15 +345,20 @@ def test_every_answer_job_ends_with_exactly_one_final_reply(
     policy = AnswerPolicy(SHIPPED, runner=_unused, clock=lambda: 2.0)
     job, step = policy.open(dispatch)
     emitted = list(step.emit)
+    # As operators/model_calls.py: calls in order, a scheduled (hedge) call once nothing
+    # else is left, cancelled calls dropped, and nothing advanced after the job is done.
     queue = list(step.calls)
+    scheduled = [(c, s) for c, s, _ in step.delayed]
     calls = 0
-    while queue:
-        call_id, spec = queue.pop(0)
+    while (queue or scheduled) and not step.done:
+        call_id, spec = queue.pop(0) if queue else scheduled.pop(0)
         assert calls < len(script), "the job keeps calling: no bound on its chain"
         step = policy.advance(job, call_id, _outcome(spec, script[calls]))
         calls += 1
         emitted += step.emit
-        queue += step.calls
+        queue = [c for c in queue if c[0] not in step.cancel] + list(step.calls)
+        scheduled = [c for c in scheduled if c[0] not in step.cancel]
+        scheduled += [(c, s) for c, s, _ in step.delayed]
     assert step.done
     replies = [item for item in emitted if isinstance(item, Reply)]
     finals = [r for r in replies if r.kind == "final"]

@@ -40,7 +40,7 @@ from splitpin.schemas.governance import GovernanceConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Citation, Reply
 from tests.factories import T0
-from tests.routing_helpers import Conversation, governance
+from tests.routing_helpers import VERIFY_EVERY_ANSWER, Conversation, governance
 
 SOURCE = SourceDoc(
     doc_id="InternalDoc-11",
@@ -49,7 +49,7 @@ SOURCE = SourceDoc(
     source="kb:banking77/InternalDoc-11",
     score=0.9,
 )
-GOV = governance(conversation={"window_tokens": 300})
+GOV = governance(conversation={"window_tokens": 300}, replies=VERIFY_EVERY_ANSWER)
 """Turns leave the conversation window after ~300 tokens, so a few turns compact."""
 
 

@@ -46,7 +46,12 @@ probabilities = st.floats(min_value=0, max_value=1)
 
 def gov_with(mode: Mode, bound: float = 0.8, fraction: float = 0.5) -> GovernanceConfig:
     return governance(
-        replies={"verify": mode, "verify_min_probability": bound, "audit_fraction": fraction}
+        replies={
+            "verify": mode,
+            "verify_min_probability": bound,
+            "audit_fraction": fraction,
+            "hedging": {"enabled": False},
+        }
     )
 
 
@@ -237,7 +242,11 @@ def test_a_skipped_verification_releases_its_reservation() -> None:
     marks its only record last_call, and the gate keeps only what it cost."""
     gov = governance(
         budgets={"tenants": {"acme-bank": {"limit_usd": 1.0}}, "window_s": 3600},
-        replies={"verify": "below_confidence", "verify_min_probability": 0.5},
+        replies={
+            "verify": "below_confidence",
+            "verify_min_probability": 0.5,
+            "hedging": {"enabled": False},
+        },
     )
     gate = BudgetGate(gov, FakeClock())
     ledger = TenantLedger()
@@ -255,6 +264,7 @@ def test_a_skipped_verification_releases_its_reservation() -> None:
 # --- the metric ---------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # each example drives up to 30 jobs: slow on a shared box
 @given(outcomes=st.lists(st.booleans(), min_size=1, max_size=30))
 def test_the_agreement_gauge_is_the_running_share_agreed(outcomes: list[bool]) -> None:
     def value(name: str, **labels: str) -> float:

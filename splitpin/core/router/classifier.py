@@ -241,7 +241,8 @@ class Classifier:
         piece_mass: dict[str, float] = {}
         for key, text in zip(pending, cut, strict=True):
             whole = self._from_model(text, embeddings[row_of[text]])
-            results[key] = self._pinned_by_piece(whole, key[1], embeddings, row_of, piece_mass)
+            whole = self._pinned_by_piece(whole, key[1], embeddings, row_of, piece_mass)
+            results[key] = self._request_by_piece(whole, key[1], embeddings, row_of)
         return [results[k] for k in keys]
 
     def _pinned_by_piece(
@@ -270,6 +271,32 @@ class Classifier:
                 return replace(
                     whole, compliance=True, compliance_score=mass, compliance_piece=index
                 )
+        return whole
+
+    def _request_by_piece(
+        self,
+        whole: Classification,
+        parts: tuple[str, ...],
+        embeddings: npt.NDArray[np.float32],
+        row_of: dict[str, int],
+    ) -> Classification:
+        """Small talk around a request is not small talk: a message called trivial is not,
+        when one of its pieces is a banking77 question as sure as the out-of-scope veto asks
+        (an email's greeting and sign-off pull the whole to small talk). The veto, not the
+        stricter trivial veto: on the calibration half of the held-out rows it kept 3 more
+        questions off the small-talk path, and CLINC150 val trivial recall did not move."""
+        if not whole.trivial or len(parts) > self._config.max_pieces:
+            return whole
+        bundle = self._bundle
+        for part in parts:
+            text = model_input(part, self._config.max_seq_tokens)
+            if text not in row_of:
+                continue  # settled by a rule: small talk
+            p_intent = bundle.intent.proba(
+                embeddings[row_of[text]], bundle.featurizer.transform(text)
+            )
+            if _r(p_intent.max()) >= bundle.oos_veto:
+                return replace(whole, trivial=False)
         return whole
 
     def _compliance_mass(self, text: str, embedding: npt.NDArray[np.float32]) -> float:
@@ -336,8 +363,12 @@ class Classifier:
             intent_confidence=intent_confidence,
             domain_intent=domain_intent,
             domain_confidence=oos_score if out_of_scope else _r(best_p),
+            # Small talk only when the domain head believes it: below the floor its argmax is
+            # no opinion (a message kept in scope by the banking veto is a banking question).
             trivial=(
-                domain_intent in bundle.trivial_intents and intent_confidence < bundle.trivial_veto
+                domain_intent in bundle.trivial_intents
+                and best_p >= bundle.oos_floor
+                and intent_confidence < bundle.trivial_veto
             ),
             out_of_scope=out_of_scope,
             out_of_scope_score=oos_score,
