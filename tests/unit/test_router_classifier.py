@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from splitpin.core.router.classifier import (
     NO_INTENT,
@@ -173,6 +175,27 @@ def test_pieces_are_sentences_lines_and_windows() -> None:
     # Every word is in the first half of some window, which WordPiece never truncates.
     firsts = {word for w in windows for word in w.split()[:32]}
     assert firsts == set(words)
+
+
+_SENTENCE = st.lists(
+    st.text(alphabet="abcdefghij", min_size=1, max_size=6), min_size=1, max_size=8
+).map(lambda words: " ".join(words) + ".")
+
+
+@given(
+    lines=st.lists(_SENTENCE, min_size=2, max_size=6),
+    depths=st.lists(st.integers(0, 6), min_size=6, max_size=6),
+)
+def test_a_quoted_line_is_the_same_piece_at_every_depth_and_keeps_its_words(
+    lines: list[str], depths: list[int]
+) -> None:
+    """An email reply quotes the thread with "> " marks, deeper at each reply: the marks
+    go (so the embedder's memo recognises the sentence), every word stays (so a pin
+    cannot hide in a quote)."""
+    plain = "\n".join(lines)
+    quoted = "\n".join("> " * depth + line for line, depth in zip(lines, depths, strict=False))
+    assert pieces(quoted, 128) == pieces(plain, 128)
+    assert pieces(f"> {lines[0]}", 128) == pieces(lines[0], 128) == []
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,8 @@ def model_input(text: str, max_seq_tokens: int) -> str:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n\s*")
+_QUOTE_MARKS = re.compile(r"^(?:>\s*)+")
+"""An email reply's quoted lines ("> > text"): the marks go, the text stays."""
 
 
 def pieces(text: str, max_seq_tokens: int) -> list[str]:
@@ -95,12 +97,17 @@ def pieces(text: str, max_seq_tokens: int) -> list[str]:
     Windows are `max_seq_tokens // 2` words with a half-window stride, so every word sits
     in the first half of some window: WordPiece (about 1.3 tokens per English word) only
     truncates a window's tail, and that tail is the head of the next window.
+
+    A line's leading quote marks are dropped, never its words: a sentence an email reply
+    quotes is then the same piece at every depth of the thread, so the embedder's memo
+    answers it instead of the transformer (a long thread's turn quotes every earlier one;
+    bench/README.md "Profile"), and it is classified as the customer first wrote it.
     """
     width = max(max_seq_tokens // 2, 2)
     stride = width // 2
     out: list[str] = []
     for sentence in _SENTENCE_END.split(text):
-        words = sentence.split()
+        words = _QUOTE_MARKS.sub("", sentence.strip()).split()
         if not words:
             continue
         if len(words) <= width:
