@@ -699,6 +699,16 @@ class Percentiles:
 
 
 @dataclass(frozen=True)
+class TimelineBucket:
+    """Flow latencies of the events published in one bucket of phase 2."""
+
+    start_s: float
+    events: int
+    median_ms: int
+    max_ms: int
+
+
+@dataclass(frozen=True)
 class LatencySummary:
     """Phase 2: both paths' percentiles; "added" is flow minus baseline at each percentile."""
 
@@ -710,6 +720,8 @@ class LatencySummary:
     added_p99_ms: float
     ratio_p50: float | None
     ratio_p99: float | None
+    timeline: tuple[TimelineBucket, ...] = ()
+    """The flow's latencies over phase 2 (`--timeline`)."""
 
 
 class BaselineThread:
@@ -762,15 +774,33 @@ def publish_paced(
     return len(events) / elapsed if elapsed > 0 else math.inf
 
 
-def latencies_ms(settings: Settings, source: str, output: str, wanted: set[str]) -> list[int]:
-    """Output CreateTime minus input CreateTime for each wanted event_id present in both."""
+def timed_latencies(
+    settings: Settings, source: str, output: str, wanted: set[str]
+) -> list[tuple[int, int]]:
+    """(input CreateTime, output minus input CreateTime) per wanted event_id, in input
+    order; every wanted event must be present in both topics."""
     sent = {eid: stamp for eid, stamp in event_ids_and_times(settings, source) if eid in wanted}
     out = {eid: stamp for eid, stamp in event_ids_and_times(settings, output) if eid in wanted}
     missing = wanted - (sent.keys() & out.keys())
     if missing:
         msg = f"{len(missing)} of {len(wanted)} events have no record in {source} or {output}"
         raise BenchError(msg)
-    return [out[eid] - sent[eid] for eid in wanted]
+    return sorted((sent[eid], out[eid] - sent[eid]) for eid in wanted)
+
+
+def timeline(timed: Sequence[tuple[int, int]], bucket_ms: int) -> list[TimelineBucket]:
+    """Median and max latency per `bucket_ms` of publishing: one stall shows as a run of
+    buckets whose latencies fall by the bucket length, queueing as a slow rise."""
+    if not timed:
+        return []
+    start = timed[0][0]
+    buckets: dict[int, list[int]] = {}
+    for sent, latency in timed:
+        buckets.setdefault((sent - start) // bucket_ms, []).append(latency)
+    return [
+        TimelineBucket(index * bucket_ms / 1000, len(v), sorted(v)[len(v) // 2], max(v))
+        for index, v in sorted(buckets.items())
+    ]
 
 
 def percentiles(values: Sequence[int]) -> Percentiles:
@@ -832,9 +862,10 @@ def run_latency(
         baseline.stop()
 
     wanted = {event.event_id for event in events}
-    flow_ms = latencies_ms(lat, inputs[0], outputs[0], wanted)
-    base_ms = latencies_ms(lat, inputs[1], outputs[1], wanted)
-    flow, base = percentiles(flow_ms), percentiles(base_ms)
+    flow_timed = timed_latencies(lat, inputs[0], outputs[0], wanted)
+    base_ms = [latency for _, latency in timed_latencies(lat, inputs[1], outputs[1], wanted)]
+    flow = percentiles([latency for _, latency in flow_timed])
+    base = percentiles(base_ms)
     return LatencySummary(
         rate_target=args.rate,
         rate_achieved=achieved,
@@ -844,6 +875,7 @@ def run_latency(
         added_p99_ms=flow.p99 - base.p99,
         ratio_p50=_ratio(flow.p50, base.p50),
         ratio_p99=_ratio(flow.p99, base.p99),
+        timeline=tuple(timeline(flow_timed, args.timeline_ms)) if args.timeline_ms else (),
     )
 
 
@@ -1095,6 +1127,11 @@ def latency_table(summary: LatencySummary) -> str:
             f"{'ratio (flow / baseline)':<26}{_fmt(summary.ratio_p50, '.2f'):>9}"
             f"{_fmt(summary.ratio_p99, '.2f'):>9}",
             "  resolution: 1 ms (Kafka timestamps); both include the input producer's linger",
+            *(
+                f"  flow t={b.start_s:6.1f}s n={b.events:4d} median {b.median_ms:6d} ms "
+                f"max {b.max_ms:6d} ms"
+                for b in summary.timeline
+            ),
         ]
     )
 
@@ -1147,6 +1184,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples/s (200)")
     parser.add_argument(
         "--profile-native", action="store_true", help="py-spy --native (C and Rust frames too)"
+    )
+    parser.add_argument(
+        "--timeline",
+        dest="timeline_ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="also print phase 2's flow latency median/max per MS of publishing (0: off)",
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON object line")
     args = parser.parse_args(argv)

@@ -57,7 +57,6 @@ from bench.flow_throughput import (
     check_output,
     delete_run_topics,
     kafka_broker,
-    latencies_ms,
     load_templates,
     log_tail,
     machine,
@@ -67,6 +66,7 @@ from bench.flow_throughput import (
     replicate,
     start_flow,
     stop_flow,
+    timed_latencies,
 )
 from splitpin.app.runner import ensure_recovery_dir
 from splitpin.core.kafka.admin import create_topics
@@ -389,7 +389,8 @@ def run_latency(
         raise BenchError(msg)
     check_output(lat, decisions, [*warmup, *events], f"{shape.label} (latency)")
     wanted = {event.event_id for event in events}
-    return percentiles(latencies_ms(lat, source, decisions, wanted)), achieved, idle
+    timed = timed_latencies(lat, source, decisions, wanted)
+    return percentiles([latency for _, latency in timed]), achieved, idle
 
 
 # -- the table ---------------------------------------------------------------------------------
