@@ -583,12 +583,16 @@ class AnswerPolicy:
         return _with(recorded, *job.in_flight)
 
     def settle(
-        self, job: AnswerJob, call_id: str, outcome: CallOutcome | CallFailed
+        self,
+        job: AnswerJob,
+        call_id: str,
+        outcome: CallOutcome | CallFailed,
+        spec: object = None,
     ) -> list[AnswerOutput]:
         """A call the job stopped waiting for: its cost if it billed (a CostRecord like any
-        call's); once the job has ended, its last record is stated again with the calls
-        that really have records, so the budget gate releases the loser's slot or settles
-        it with the actual cost."""
+        call's; for one cancelled after it started, the estimate `_cancelled_cost`); once
+        the job has ended, its last record is stated again with the calls that really have
+        records, so the budget gate releases the loser's slot or settles it with the cost."""
         purpose: CallPurpose = call_id  # type: ignore[assignment]  # ids are purposes
         if job.ended:  # else `_hedge_step` already let it go (a new call may reuse the id)
             job.in_flight = _without(job.in_flight, call_id)
@@ -597,6 +601,8 @@ class AnswerPolicy:
             out.append(self._cost(job, purpose, outcome.result))
         if isinstance(outcome, CallFailed) and outcome.reason == "cancelled":
             metrics.count(metrics.HEDGES, job.dispatch.decision.channel, "cancelled")
+            if outcome.started and job.ended and isinstance(spec, CallSpec):
+                out.append(self._cancelled_cost(job, purpose, spec))
         if job.ended and job.records:
             last = job.records[-1]
             marked = last.model_copy(update={"last_call": True, "job_calls": self._job_calls(job)})
@@ -1032,6 +1038,38 @@ class AnswerPolicy:
             latency_ms=round(result.latency_ms, 3),
             escalated=job.escalated and purpose != "primary",
             emulated=result.provider == "local",
+            occurred_at=decision.sent_at,
+            config_version=self.governance.version_id(),
+        )
+        job.records = (*job.records, record)
+        return record
+
+    def _cancelled_cost(self, job: AnswerJob, purpose: CallPurpose, spec: CallSpec) -> CostRecord:
+        """What a call cancelled in flight may have cost: a provider bills the prompt it
+        has read whether or not its answer is collected. Estimated from above (the guard's
+        planned prompt, `_counted_prompt`: instructions and sources at their full reserve)
+        and marked `estimated`; output generated before the cancel is not known, so not
+        counted (docs/architecture.md, "Hedged verification")."""
+        decision = job.dispatch.decision
+        config = self.governance.roles[spec.role]
+        tokens_in = self._counted_prompt(job, spec.role)
+        cost = config.cost_usd(tokens_in, 0)
+        job.calls += 1
+        job.tokens_in += tokens_in
+        job.cost_usd += cost
+        record = CostRecord(
+            record_id=f"{decision.event_id}:{purpose}",
+            event_id=decision.event_id,
+            tenant_id=decision.tenant_id,
+            role=spec.role,
+            model=config.model,
+            model_version=config.pinned_id,
+            tokens_in=tokens_in,
+            tokens_out=0,
+            cost_usd=round(cost, 9),
+            latency_ms=0.0,
+            escalated=job.escalated and purpose != "primary",
+            estimated=True,
             occurred_at=decision.sent_at,
             config_version=self.governance.version_id(),
         )

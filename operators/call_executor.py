@@ -8,7 +8,9 @@ every call has a deadline. The worker polls futures (see operators/model_calls.p
 
 A call may start later (`delay_s`: a hedge timer; it waits without holding a slot) and be
 cancelled at any time (`cancel`): the asyncio task is cancelled, mid-flight if need be. A
-call that had already finished cannot be cancelled: its result stands (it was billed).
+call that had already finished cannot be cancelled: its result stands (it was billed). One
+cancelled after it took a slot (`started`) may have been billed too: a provider bills the
+input it has read, whether or not the answer is ever collected.
 
 One executor per process: Bytewax workers in one process share it, so the in-flight
 limit is per process, which is what a provider's rate limit sees.
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -54,6 +57,9 @@ class CallExecutor:
         self._in_flight = 0
         self._queued = 0
         self._delayed = 0
+        self._started: weakref.WeakKeyDictionary[Future[Any], threading.Event] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
@@ -86,7 +92,13 @@ class CallExecutor:
         the queue only that much later (cancelling it before then costs nothing).
         """
         delay = delay_s if delay_s is not None and delay_s > 0 else None
-        return asyncio.run_coroutine_threadsafe(self._run(call, timeout_s, delay), self._loop)
+        started = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(
+            self._run(call, timeout_s, delay, started), self._loop
+        )
+        with self._lock:
+            self._started[future] = started
+        return future
 
     @staticmethod
     def cancel(future: Future[T]) -> bool:
@@ -94,8 +106,19 @@ class CallExecutor:
         finished, so its result, and what it billed, must still be accounted."""
         return future.cancel()
 
+    def started(self, future: Future[T]) -> bool:
+        """Whether the call took a slot and began (a provider may have read its prompt);
+        False for one still delayed or queued, and for a future of another executor."""
+        with self._lock:
+            event = self._started.get(future)
+        return event is not None and event.is_set()
+
     async def _run(
-        self, call: Callable[[], Awaitable[T]], timeout_s: float | None, delay_s: float | None
+        self,
+        call: Callable[[], Awaitable[T]],
+        timeout_s: float | None,
+        delay_s: float | None,
+        started: threading.Event | None = None,
     ) -> T:
         # Counted here, not in `submit`: a task cancelled before its first step never runs.
         if delay_s is not None:
@@ -118,6 +141,8 @@ class CallExecutor:
             with self._lock:
                 self._queued -= 1
                 self._in_flight += 1
+            if started is not None:
+                started.set()
             try:
                 if timeout_s is None:
                     return await call()

@@ -67,6 +67,8 @@ class CallFailed:
 
     reason: str
     detail: str
+    started: bool = False
+    """For `cancelled`: the call had taken a slot, so the provider may have billed its input."""
 
 
 @dataclass(frozen=True)  # no slots: instantiating a subscripted generic sets __orig_class__
@@ -97,7 +99,7 @@ class Settling(Protocol[J_contra, O_contra, W_co]):
     """A policy that accounts for calls its jobs stopped waiting for (see module doc)."""
 
     def settle(
-        self, job: J_contra, call_id: str, outcome: O_contra | CallFailed
+        self, job: J_contra, call_id: str, outcome: O_contra | CallFailed, spec: object = None
     ) -> Sequence[W_co]: ...
 
 
@@ -204,15 +206,21 @@ class CallTable(Generic[I, J, S, O, W]):
         pending = self.pending.pop((job_id, call_id), None)
         if pending is None:
             return []
-        outcome: O | CallFailed = CallFailed("cancelled", "the job no longer needs this call")
-        if not self.executor.cancel(pending.future):
+        finished = not self.executor.cancel(pending.future)
+        outcome: O | CallFailed = CallFailed(
+            "cancelled",
+            "the job no longer needs this call",
+            started=self.executor.started(pending.future),
+        )
+        if finished:
             outcome = self._outcome(pending.future)
         settle = getattr(self.policy, "settle", None)
         job = self.jobs.get(job_id)
         if settle is None or job is None:
             return []
         try:
-            return list(cast("Settling[J, O, W]", self.policy).settle(job, call_id, outcome))
+            policy = cast("Settling[J, O, W]", self.policy)
+            return list(policy.settle(job, call_id, outcome, pending.spec))
         except Exception as exc:
             return self._job_failed(job_id, None, exc)
 

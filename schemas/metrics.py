@@ -26,6 +26,14 @@ class CostRecord(WireModel):
     escalated: bool = False
     shadow: bool = False
     emulated: bool = Field(default=False, description="Latency/price emulated by the local fleet.")
+    estimated: bool = Field(
+        default=False,
+        description=(
+            "A call cancelled after it started (a hedge's loser): the provider may have billed"
+            " the prompt it read, so tokens_in is splitpin's count of it from above and"
+            " tokens_out 0 (what it generated before the cancel is not known)."
+        ),
+    )
     last_call: bool = Field(
         default=False,
         description=(

@@ -351,7 +351,8 @@ def _worst_answer(gov: GovernanceConfig, spec: CallSpec, kind: Kind) -> ModelRes
 def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> list[CostRecord]:
     """Drive AnswerPolicy to the end as operators/model_calls.py does: calls run in order, a
     scheduled (hedge) call only once nothing else is left, a cancelled call and every call
-    left when the job is done are settled as cancelled. Every CostRecord it emits, a
+    left when the job is done are settled as cancelled (one already sent is estimated by
+    the policy: a provider bills the prompt it read). Every CostRecord it emits, a
     restated one (`settle`) replacing the first statement of its id."""
     policy = AnswerPolicy(gov, runner=_unused)
     job, step = policy.open(dispatch)
@@ -364,9 +365,13 @@ def _answer(gov: GovernanceConfig, dispatch: Dispatch, kinds: list[Kind]) -> lis
         records.update({i.record_id: i for i in items if isinstance(i, CostRecord)})
 
     def settle(stopped: set[str]) -> None:
+        """A queued call was sent (the provider may bill its prompt); a scheduled one not."""
         nonlocal queue, scheduled
-        for gone in sorted(stopped & {c for c, _ in [*queue, *scheduled]}):
-            keep(policy.settle(job, gone, CallFailed("cancelled", "the job no longer needs it")))
+        for started, calls in ((True, queue), (False, scheduled)):
+            for gone, spec in calls:
+                if gone in stopped:
+                    cancelled = CallFailed("cancelled", "no longer needed", started=started)
+                    keep(policy.settle(job, gone, cancelled, spec))
         queue = [c for c in queue if c[0] not in stopped]
         scheduled = [c for c in scheduled if c[0] not in stopped]
 

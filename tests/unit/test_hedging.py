@@ -79,6 +79,7 @@ def test_cancelling_a_timer_means_the_call_never_runs(executor: CallExecutor) ->
     time.sleep(0.35)
     assert ran == []
     assert (executor.delayed, executor.queued, executor.in_flight) == (0, 0, 0)
+    assert executor.started(future) is False  # nothing was sent: nothing can be billed
 
 
 def test_cancelling_mid_flight_stops_the_task_and_frees_its_slot(executor: CallExecutor) -> None:
@@ -98,6 +99,7 @@ def test_cancelling_mid_flight_stops_the_task_and_frees_its_slot(executor: CallE
     assert executor.cancel(future) is True
     _wait(lambda: seen == ["started", "cancelled"])
     _wait(lambda: executor.in_flight == 0)
+    assert executor.started(future) is True  # it was sent: the provider may bill its input
 
 
 def test_a_finished_call_cannot_be_cancelled_its_result_stands(executor: CallExecutor) -> None:
@@ -133,7 +135,9 @@ class Race:
     def advance(self, job: str, call_id: str, outcome: str | CallFailed) -> JobStep[str, str]:
         return JobStep(emit=[f"{job}:{call_id}:{outcome}"], done=True)
 
-    def settle(self, job: str, call_id: str, outcome: str | CallFailed) -> Sequence[str]:
+    def settle(
+        self, job: str, call_id: str, outcome: str | CallFailed, spec: object = None
+    ) -> Sequence[str]:
         kind = outcome.reason if isinstance(outcome, CallFailed) else "billed"
         self.settled.append((call_id, kind))
         return [f"settled:{call_id}:{kind}"]
@@ -259,6 +263,10 @@ class ManualExecutor:
     def started_at(self, future: concurrent.futures.Future[Any]) -> float:
         return next(at for f, at in self.submitted if f is future)
 
+    def started(self, future: concurrent.futures.Future[Any]) -> bool:
+        """Sent once its delay has passed (a queue for slots is not modelled here)."""
+        return self.clock() >= self.started_at(future)
+
 
 def _result(spec: CallSpec, kind: str) -> ModelResult:
     doc = "InternalDoc-99" if kind == "bad" else "InternalDoc-11"
@@ -380,14 +388,17 @@ def test_first_valid_final_wins_whatever_order_the_calls_finish_in(
     assert not calls_at_final or len(pool.submitted) == calls_at_final[0]  # none after it
     if channel == "email":
         assert not [r for r in out if isinstance(r, Reply) and r.kind == "preliminary"]
-    # Both calls accounted: a CostRecord for every call that billed, and the gate's view
-    # (the last statement of last_call) names exactly the calls that have a record.
+    # Both calls accounted: a CostRecord for every call that billed, an estimated one for
+    # a call cancelled after it started (the provider may have billed the prompt it read),
+    # and the gate's view (the last statement of last_call) names exactly those calls.
     records = [r for r in out if isinstance(r, CostRecord)]
-    assert {r.record_id.rpartition(":")[2] for r in records} == billed
+    assert {r.record_id.rpartition(":")[2] for r in records if not r.estimated} == billed
+    estimated = {r.record_id.rpartition(":")[2] for r in records if r.estimated}
+    assert not estimated & billed, "a call that returned is billed as it returned"
     last = [r for r in records if r.last_call]
     if records:
         assert last, "a finished job states its last call"
-        assert set(last[-1].job_calls) == billed
+        assert set(last[-1].job_calls) == billed | estimated
     # The budget gate releases every slot a last_call leaves out: no record may come later
     # for a call a last_call left out (its cost would escape the window it was reserved in).
     for at, record in enumerate(records):
@@ -418,6 +429,47 @@ def test_email_hedges_at_once_and_the_verifier_alone_can_end_the_job() -> None:
     (restated,) = settled
     assert isinstance(restated, CostRecord) and restated.record_id == record.record_id
     assert restated.job_calls == ("verify",)  # ... until it is known it never billed
+
+
+def test_a_hedge_cancelled_in_flight_is_accounted_from_above_and_marked_estimated() -> None:
+    """The fast pass stands alone (email, audit policy) while the hedged verifier is at
+    work: the verifier is cancelled, but a provider bills the prompt it has read, so the
+    job states an estimated record for it, priced from above, and its slot is settled."""
+    gov = _hedging("immediate", verify="below_confidence", verify_min_probability=0.5)
+    policy = AnswerPolicy(
+        gov,
+        runner=_unused,
+        clock=lambda: T0.timestamp() + 2.0,
+        probability=lambda role, confidence, provider: confidence,
+    )
+    messages = (Message(role="user", content="my card has not arrived"),)
+    item = Dispatch(decision("e-1", channel="email"), messages, "", dispatched_at=T0.timestamp())
+    job, step = policy.open(item)
+    specs = dict(step.calls)
+    primary = specs["primary"]
+    done = policy.advance(
+        job, "primary", CallOutcome(primary.request(SOURCES), _result(primary, "ok"))
+    )
+    assert done.done, "a confident fast answer is final without the verifier"
+    (record,) = [r for r in done.emit if isinstance(r, CostRecord)]
+    assert set(record.job_calls) == {"primary", "verify"}
+    unstarted = policy.settle(job, "verify", CallFailed("cancelled", "won"), specs["verify"])
+    assert [r.estimated for r in unstarted if isinstance(r, CostRecord)] == [False]
+    job2, step2 = policy.open(item)
+    specs2 = dict(step2.calls)
+    policy.advance(job2, "primary", CallOutcome(primary.request(SOURCES), _result(primary, "ok")))
+    cancelled = CallFailed("cancelled", "the fast pass stood alone", started=True)
+    settled = [
+        r
+        for r in policy.settle(job2, "verify", cancelled, specs2["verify"])
+        if isinstance(r, CostRecord)
+    ]
+    (estimate,) = settled
+    verifier = gov.roles[specs2["verify"].role]
+    assert estimate.estimated and estimate.last_call and estimate.record_id == "e-1:verify"
+    assert estimate.tokens_out == 0 and estimate.tokens_in >= gov.context.system_prompt_tokens
+    assert estimate.cost_usd == pytest.approx(verifier.cost_usd(estimate.tokens_in, 0), abs=1e-9)
+    assert set(estimate.job_calls) == {"primary", "verify"}, "both calls have records now"
 
 
 def test_hedging_off_keeps_the_calls_one_after_the_other() -> None:
