@@ -24,9 +24,10 @@ from confluent_kafka.admin import AdminClient
 from splitpin.app.canary import plan_canary
 from splitpin.core.kafka.admin import delete_topics
 from splitpin.core.kafka.producer import CheckedProducer
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from tests.factories import event_dict
 from tests.flow_process import kill_hard, running_flow, start_flow
+from tests.governance_files import save_config, shipped_config
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
@@ -99,8 +100,17 @@ def _wait_for_topic(bootstrap: str, topic: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _candidate(path: Path, shadow_budget_usd: float) -> Path:
-    raw = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+def _without_hedging(folder: Path) -> Path:
+    """The shipped config with hedging off: which call wins a hedge's race depends on
+    timing, and this test compares the replies of two runs (hedging: test_hedging*.py)."""
+    folder.mkdir()
+    config = shipped_config()
+    config["replies"]["hedging"]["enabled"] = False
+    return save_config(config, folder)
+
+
+def _candidate(path: Path, shadow_budget_usd: float, base: Path) -> Path:
+    raw = yaml.safe_load(base.read_text())
     raw["canary"] = {
         **(raw.get("canary") or {}),
         "sample_fraction": FRACTION,
@@ -114,8 +124,9 @@ def _candidate(path: Path, shadow_budget_usd: float) -> Path:
 
 
 def test_canary_beside_the_primary(topic_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with_canary: Settings = topic_settings()
-    reference: Settings = topic_settings()
+    base = _without_hedging(tmp_path / "base")
+    with_canary: Settings = topic_settings(governance_path=base)
+    reference: Settings = topic_settings(governance_path=base)
     bootstrap = with_canary.bootstrap_servers
     early, late = _events(range(TURNS)), _events(range(TURNS, TURNS + 1), LATE)
     early_ids = {event_id for _, _, event_id in early}
@@ -140,7 +151,7 @@ def test_canary_beside_the_primary(topic_settings, tmp_path: Path) -> None:  # t
         ]
         shadow_budget = round(max(estimates) * 1.2, 6)
         assert 2 * min(estimates) > shadow_budget, estimates
-        candidate = _candidate(tmp_path / "candidate.yaml", shadow_budget)
+        candidate = _candidate(tmp_path / "candidate.yaml", shadow_budget, base)
         plan = plan_canary(with_canary, candidate)
         canary_topics = plan.output_topics()
         extra = {

@@ -111,6 +111,10 @@ def test_out_of_scope_gets_clarify_without_a_call_in_scope_gets_a_cited_answer(
             assert made, final  # a model answered (shopco's budget may leave out the verifier)
         else:
             assert not decision.features["out_of_scope"], decision.reasons
-            assert final.status in ("verified", "corrected") and final.citations, final
+            # Verified, corrected, or final from a confident fast pass (the shipped audit
+            # policy): an answer with a citation either way, never a clarification.
+            assert final.status in ("verified", "corrected", "unverified"), final
+            assert final.citations, final
             assert all(c.source.startswith("kb:banking77/") for c in final.citations)
-            assert any(c.record_id.endswith(":verify") for c in made), made
+            if final.status != "unverified":
+                assert any(c.record_id.endswith(":verify") for c in made), made

@@ -123,10 +123,18 @@ def test_sample_traffic_end_to_end(topic_settings: Any, tmp_path: Path) -> None:
                 settings.bootstrap_servers, settings.topic("replies"), all_final, 400
             )
         ]
-        costs = [
+        statements = [
             decode(CostRecord, m.value())
             for m in read_to_end(settings.bootstrap_servers, settings.topic("metrics"))
         ]
+        # A hedged job restates its last record (same record_id, now last_call) once its
+        # loser is settled; every consumer counts a record_id once.
+        by_id: dict[str, CostRecord] = {}
+        for statement in statements:
+            first = by_id.setdefault(statement.record_id, statement)
+            if first is not statement:
+                assert statement.last_call and statement.cost_usd == first.cost_usd, statement
+        costs = list(by_id.values())
         total = math.fsum(c.cost_usd for c in costs)
 
         def windows_closed(got: list[Any]) -> bool:
@@ -183,7 +191,7 @@ def test_sample_traffic_end_to_end(topic_settings: Any, tmp_path: Path) -> None:
     assert giant.status == "refused"
 
     # Cost: records = windowed aggregates = Prometheus counters.
-    assert len({c.record_id for c in costs}) == len(costs)
+    assert len(statements) - len(costs) <= sum(1 for c in statements if c.last_call)
     assert total > 0
     assert math.isclose(math.fsum(w.cost_usd for w in windowed), total, rel_tol=1e-9)
     assert math.isclose(prometheus["splitpin_model_cost_usd_total"], total, rel_tol=1e-6)
