@@ -955,10 +955,10 @@ def component(thread: str, frames: Sequence[str]) -> str:
     parts: tuple[tuple[str, str], ...]
     if any(mark in frame for frame in frames for mark in ANSWER_FRAMES):
         parts = ANSWER_PARTS
-    elif "MainThread" not in thread:
+    elif "MainThread" not in thread and ": " in thread:
         name = thread.split(": ", 1)[-1]
         return f"thread {name.rstrip('0123456789_')}"
-    else:
+    else:  # the worker: MainThread, or an unnamed thread of a cluster (`-a`, `--workers`)
         parts = DECISION_PARTS
     for frame in reversed(frames):
         for mark, label in parts:

@@ -53,6 +53,7 @@ from bench.flow_throughput import (
     BenchError,
     BenchEvent,
     Percentiles,
+    Profiling,
     TopicCounter,
     check_output,
     delete_run_topics,
@@ -62,6 +63,7 @@ from bench.flow_throughput import (
     machine,
     percentiles,
     preload,
+    profile_table,
     publish_paced,
     replicate,
     start_flow,
@@ -115,16 +117,32 @@ def free_ports(count: int) -> list[int]:
 class Cluster:
     """The processes of one shape, started together; `wait` reaps them, `stop` ends them."""
 
-    def __init__(self, settings: Settings, shape: Shape, logs: Path, *args: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        shape: Shape,
+        logs: Path,
+        *args: str,
+        profile: tuple[Profiling, str] | None = None,
+    ) -> None:
+        """`profile` (py-spy options, label): each process runs under py-spy and writes
+        `flow-<label>-p<i>.folded`."""
         ensure_recovery_dir(settings.recovery_dir, RECOVERY_PARTITIONS)  # before any starts
         self.logs = [logs.with_suffix(f".p{i}.log") for i in range(shape.processes)]
+        self.profiled = profile is not None
         workers = ["--workers", str(shape.workers)]
+
+        def spy(i: int) -> tuple[Profiling, str] | None:
+            return None if profile is None else (profile[0], f"{profile[1]}-p{i}")
+
         if shape.processes == 1:
-            self.processes = [start_flow(settings, self.logs[0], *workers, *args)]
+            self.processes = [start_flow(settings, self.logs[0], *workers, *args, profile=spy(0))]
             return
         addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(shape.processes))
         self.processes = [
-            start_flow(settings, log, "-i", str(i), "-a", addresses, *workers, *args)
+            start_flow(
+                settings, log, "-i", str(i), "-a", addresses, *workers, *args, profile=spy(i)
+            )
             for i, log in enumerate(self.logs)
         ]
 
@@ -166,7 +184,7 @@ class Cluster:
                 with suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
         for process in self.processes:
-            stop_flow(process)
+            stop_flow(process, profiled=self.profiled)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -195,9 +213,16 @@ class Timing:
 
 
 def time_until_eof(
-    settings: Settings, shape: Shape, logs: Path, counter: TopicCounter, expected: int, desc: str
+    settings: Settings,
+    shape: Shape,
+    logs: Path,
+    counter: TopicCounter,
+    expected: int,
+    desc: str,
+    profile: tuple[Profiling, str] | None = None,
 ) -> Timing:
-    """Launch the shape with `--until-eof`; time and CPU until its last process exited."""
+    """Launch the shape with `--until-eof`; time and CPU until its last process exited
+    (under `profile`, py-spy's own CPU is in the figure: compare shares, not CPU)."""
     done = threading.Event()
     decisions = settings.topic("decisions")
 
@@ -208,7 +233,7 @@ def time_until_eof(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tqdm(total=expected, unit="ev", desc=desc, leave=False) as bar:
         started = time.monotonic()
-        cluster = Cluster(settings, shape, logs, "--until-eof")
+        cluster = Cluster(settings, shape, logs, "--until-eof", profile=profile)
         watcher = threading.Thread(target=show_progress, args=(bar,), daemon=True)
         watcher.start()
         try:
@@ -324,7 +349,15 @@ def run_shape(
     # Start-up runs bracket the real one (before, after, before...): drift on a shared
     # box then moves both sides of the subtraction alike.
     startups = [empty_run(k) for k in range(0, args.startup_runs, 2)]
-    run = time_until_eof(tp, shape, workdir / f"{name}-tp", counter, len(events), shape.label)
+    spy = None if args.profile is None else (args.profile, name)
+    run = time_until_eof(
+        tp, shape, workdir / f"{name}-tp", counter, len(events), shape.label, profile=spy
+    )
+    if args.profile is not None:
+        for i in range(shape.processes):
+            folded = args.profile.output(f"{name}-p{i}")
+            print(f"profile of {shape.label}, process {i} ({folded}):", file=sys.stderr)
+            print(profile_table(folded), file=sys.stderr)
     startups += [empty_run(k) for k in range(1, args.startup_runs, 2)]
     startup = Timing(
         statistics.median(t.wall_s for t in startups), statistics.median(t.cpu_s for t in startups)
@@ -452,14 +485,20 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 # -- main ----------------------------------------------------------------------------------------
 
 
-def governance_file(settings: Settings, workdir: Path, threads: int | None, memo: bool) -> Path:
+def governance_file(
+    settings: Settings, workdir: Path, threads: int | None, memo: bool, workload: str
+) -> Path:
     """The shipped governance with the local fleet forced, ONNX's threads if given, and
-    the classification memo off unless `memo`.
+    the memos off unless `memo`.
 
-    The bench's events are copies of ~400 sample texts, so with the memo each process
-    would classify each text once and then only look it up: a second process, with a
-    memo of its own, would repeat work a single process skips. Real traffic repeats
-    few exact texts, so by default every event is classified.
+    The bench's events are copies of ~400 sample texts, so with a memo each process
+    would embed and classify each text (and each sentence) once and then only look it
+    up: a second process, with memos of its own, repeats the cold work a single process
+    does once, which measures the workload, not the cluster. Real traffic repeats few
+    exact texts, so by default every event is embedded and classified: the classification
+    memo and, for `decisions`, the embedding memo are off. `whole` keeps the embedding
+    memo (the responders reuse the router's embeddings of the same event through it), so
+    there a second process still repeats some cold work.
     """
     config: dict[str, Any] = yaml.safe_load(settings.governance_file.read_text())
     config["providers"]["mode"] = "local"  # never a real API, whatever keys are exported
@@ -467,6 +506,8 @@ def governance_file(settings: Settings, workdir: Path, threads: int | None, memo
         config["classifier"]["intra_op_threads"] = threads
     if not memo:
         config["classifier"]["memo_size"] = 0
+        if workload == "decisions":
+            config["classifier"]["embedding_memo_size"] = 0
     path = workdir / "governance.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -507,11 +548,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--memo",
         action="store_true",
-        help="keep the classifier's memo (classifier.memo_size); off by default, as the "
-        "bench's events repeat the sample's texts",
+        help="keep the memos (classifier.memo_size, embedding_memo_size); off by default, "
+        "as the bench's events repeat the sample's texts",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run each shape's throughput processes under py-spy, folded stacks in DIR and a "
+        "breakdown per process on stderr (their CPU figures then include py-spy's)",
     )
     parser.add_argument("--json", action="store_true", help="end with one JSON object line")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = Profiling(args.profile, 200, native=False)
     if (
         min(args.events, args.latency_events, args.startup_runs) < 1
         or args.rate <= 0
@@ -539,7 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "topic_prefix": prefix,
                 "metrics_port": 0,
                 "answering": args.workload == "whole",
-                "governance_path": governance_file(settings, workdir, threads, args.memo),
+                "governance_path": governance_file(
+                    settings, workdir, threads, args.memo, args.workload
+                ),
                 # The sample's times are weeks old and each copy is shifted further: the
                 # skew check would dead-letter them, and it is not what is measured here.
                 "max_past_skew_s": SKEW_OFF_S,
@@ -560,7 +614,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"events, latency M={args.latency_events} at R={args.rate:g}/s, "
                     f"{EVENT_PARTITIONS} partitions, {RECOVERY_PARTITIONS} recovery partitions, "
                     f"classifier.intra_op_threads={onnx}, "
-                    f"memo_size={settings.governance.classifier.memo_size}",
+                    f"memo_size={settings.governance.classifier.memo_size}, "
+                    f"embedding_memo_size={settings.governance.classifier.embedding_memo_size}",
                 ]
             ),
             flush=True,

@@ -156,6 +156,12 @@ class ClassifierConfig(_Frozen):
     memo_size: int = Field(
         default=4096, ge=0, description="Worker-local memo of classifications by normalized text."
     )
+    embedding_memo_size: int = Field(
+        default=4096,
+        ge=0,
+        description="Texts whose embeddings one process remembers (router pieces, retrieval "
+        "queries, responders share them); 0: every embedding is computed.",
+    )
     max_pieces: int = Field(
         default=128,
         ge=1,

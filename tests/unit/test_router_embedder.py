@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from splitpin.core.router import embedder as embedder_module
 from splitpin.core.router.classifier import Classifier
 from splitpin.core.router.embedder import (
     EMBEDDING_DIM,
@@ -117,14 +116,20 @@ def test_the_memo_returns_what_computing_again_would(
 
 
 def test_classification_is_identical_in_any_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without the embedding memo, or every batch after the first would be remembered rows.
-    monkeypatch.setattr(embedder_module, "MEMO_SIZE", 0)
-    classifier = Classifier.load(ClassifierConfig(), RoutingConfig())
+    # Without the embedding memo (classifier.embedding_memo_size reaches the embedder),
+    # or every batch after the first would be remembered rows.
+    classifier = Classifier.load(ClassifierConfig(embedding_memo_size=0), RoutingConfig())
+    runs: list[int] = []
+    compute = classifier.embedder._run
+    monkeypatch.setattr(
+        classifier.embedder, "_run", lambda ids: runs.append(len(ids)) or compute(ids)
+    )
     single = [classifier.classify(t) for t in TEXTS]
     assert classifier.classify_batch(TEXTS) == single
     reordered = list(reversed(TEXTS))
     assert classifier.classify_batch(reordered) == list(reversed(single))
     assert classifier.classify_batch(TEXTS[3:7]) == single[3:7]
+    assert sum(runs) >= 3 * len(TEXTS) + 4, "every batch was computed, none remembered"
 
 
 def test_hash_mismatch_is_refused_naming_the_file() -> None:

@@ -192,6 +192,7 @@ class Classifier:
         embedder = Embedder.load(
             max_seq_tokens=classifier.max_seq_tokens,
             intra_op_threads=classifier.intra_op_threads,
+            memo_size=classifier.embedding_memo_size,
         )
         return cls(embedder, bundle, classifier, routing)
 
