@@ -1017,32 +1017,18 @@ class AnswerPolicy:
         )
 
     def _cost(self, job: AnswerJob, purpose: CallPurpose, result: ModelResult) -> CostRecord:
-        decision = job.dispatch.decision
         config = self.governance.roles[result.role]
-        cost = config.cost_usd(result.usage.tokens_in, result.usage.tokens_out)
-        job.calls += 1
-        job.tokens_in += result.usage.tokens_in
-        job.tokens_out += result.usage.tokens_out
-        job.cost_usd += cost
-        job.emulated |= result.provider == "local"
-        record = CostRecord(
-            record_id=f"{decision.event_id}:{purpose}",
-            event_id=decision.event_id,
-            tenant_id=decision.tenant_id,
-            role=result.role,
+        return self._record(
+            job,
+            purpose,
+            result.role,
             model=_model_name(config.model, result),
             model_version=result.model_version,
             tokens_in=result.usage.tokens_in,
             tokens_out=result.usage.tokens_out,
-            cost_usd=round(cost, 9),
             latency_ms=round(result.latency_ms, 3),
-            escalated=job.escalated and purpose != "primary",
             emulated=result.provider == "local",
-            occurred_at=decision.sent_at,
-            config_version=self.governance.version_id(),
         )
-        job.records = (*job.records, record)
-        return record
 
     def _cancelled_cost(self, job: AnswerJob, purpose: CallPurpose, spec: CallSpec) -> CostRecord:
         """What a call cancelled in flight may have cost: a provider bills the prompt it
@@ -1050,26 +1036,55 @@ class AnswerPolicy:
         planned prompt, `_counted_prompt`: instructions and sources at their full reserve)
         and marked `estimated`; output generated before the cancel is not known, so not
         counted (docs/architecture.md, "Hedged verification")."""
-        decision = job.dispatch.decision
         config = self.governance.roles[spec.role]
-        tokens_in = self._counted_prompt(job, spec.role)
-        cost = config.cost_usd(tokens_in, 0)
+        return self._record(
+            job,
+            purpose,
+            spec.role,
+            model=config.model,
+            model_version=config.pinned_id,
+            tokens_in=self._counted_prompt(job, spec.role),
+            tokens_out=0,
+            latency_ms=0.0,
+            estimated=True,
+        )
+
+    def _record(
+        self,
+        job: AnswerJob,
+        purpose: CallPurpose,
+        role: ModelRole,
+        *,
+        model: str,
+        model_version: str,
+        tokens_in: int,
+        tokens_out: int,
+        latency_ms: float,
+        emulated: bool = False,
+        estimated: bool = False,
+    ) -> CostRecord:
+        """One call's CostRecord at the role's price, added to the job's totals."""
+        decision = job.dispatch.decision
+        cost = self.governance.roles[role].cost_usd(tokens_in, tokens_out)
         job.calls += 1
         job.tokens_in += tokens_in
+        job.tokens_out += tokens_out
         job.cost_usd += cost
+        job.emulated |= emulated
         record = CostRecord(
             record_id=f"{decision.event_id}:{purpose}",
             event_id=decision.event_id,
             tenant_id=decision.tenant_id,
-            role=spec.role,
-            model=config.model,
-            model_version=config.pinned_id,
+            role=role,
+            model=model,
+            model_version=model_version,
             tokens_in=tokens_in,
-            tokens_out=0,
+            tokens_out=tokens_out,
             cost_usd=round(cost, 9),
-            latency_ms=0.0,
+            latency_ms=latency_ms,
             escalated=job.escalated and purpose != "primary",
-            estimated=True,
+            emulated=emulated,
+            estimated=estimated,
             occurred_at=decision.sent_at,
             config_version=self.governance.version_id(),
         )
