@@ -79,3 +79,20 @@ def decision(event_id: str = "e-1", **overrides: Any) -> RoutingDecision:
     }
     fields.update(overrides)
     return RoutingDecision(**fields)
+
+
+ROUTINE_QUESTIONS = (
+    "Where is my new card? It has not arrived yet.",
+    "How do I top up my account with a bank transfer?",
+    "Why was I charged a fee for a card payment abroad?",
+    "My transfer to a friend is still pending, why is that?",
+    "How can I change the PIN of my card?",
+    "What exchange rate do you use for payments in another currency?",
+    "Can I get a refund for a payment that was charged twice?",
+    "How long does a bank transfer from another bank take to arrive?",
+    "Why was my card declined at the supermarket today?",
+    "How do I activate my new card in the app?",
+    "Is there a limit on how much cash I can withdraw at an ATM?",
+    "I made a payment to the wrong account, can it be reversed?",
+)
+"""Routine banking questions, none compliance-bound, for tests that answer them on a broker."""

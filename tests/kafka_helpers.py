@@ -5,16 +5,19 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from splitpin.core.kafka.broker import LocalBroker
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
+from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.settings import Settings
+from splitpin.schemas import CostRecord, Reply, decode
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,26 @@ def read_until(
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Message]:
     """Read `topic` from the beginning until `expected` records arrived or time ran out."""
     return read_until(bootstrap, topic, lambda records: len(records) >= expected, timeout_s)
+
+
+def publish_events(settings: Settings, events: Iterable[Mapping[str, Any]]) -> None:
+    """Each event to the flow's events topic, keyed by its conversation (as the ingest
+    door expects), then flushed: every one acknowledged before this returns."""
+    producer = CheckedProducer(settings.bootstrap_servers)
+    for event in events:
+        key = str(event["conversation_id"]).encode()
+        producer.produce(settings.topic("events"), orjson.dumps(event), key)
+    producer.flush(15)
+
+
+def final_reply_ids(messages: Iterable[Message]) -> set[str]:
+    """Events that have their final reply among these `replies` records."""
+    replies = (decode(Reply, m.value() or b"") for m in messages)
+    return {r.reply_id for r in replies if r.kind == "final"}
+
+
+def ended_event_ids(messages: Iterable[Message]) -> set[str]:
+    """Events whose answering job has stated its last CostRecord among these `metrics`
+    records (last_call): no call of theirs follows."""
+    records = (decode(CostRecord, m.value() or b"") for m in messages)
+    return {r.event_id for r in records if r.last_call}

@@ -12,17 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import yaml
 
-from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
 from tests.factories import event_dict
 from tests.flow_process import running_flow
-from tests.kafka_helpers import read_until
+from tests.governance_files import save_config, shipped_config
+from tests.kafka_helpers import ended_event_ids, final_reply_ids, publish_events, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +36,9 @@ IN_SCOPE = (
 
 
 def local_governance(tmp_path: Path) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     config["providers"]["mode"] = "local"
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(config, tmp_path)
 
 
 def test_out_of_scope_gets_clarify_without_a_call_in_scope_gets_a_cited_answer(
@@ -55,29 +51,24 @@ def test_out_of_scope_gets_clarify_without_a_call_in_scope_gets_a_cited_answer(
         events[f"oos-shop-{n}"] = ("shopco", text)
     for n, text in enumerate(IN_SCOPE):
         events[f"in-bank-{n}"] = ("acme-bank", text)
-    producer = CheckedProducer(settings.bootstrap_servers)
-    for n, (event_id, (tenant, text)) in enumerate(events.items()):
-        data = event_dict(event_id, f"c-{event_id}", text=text, at_s=n, tenant_id=tenant)
-        producer.produce(settings.topic("events"), orjson.dumps(data), f"c-{event_id}".encode())
-    producer.flush(15)
+    publish_events(
+        settings,
+        (
+            event_dict(event_id, f"c-{event_id}", text=text, at_s=n, tenant_id=tenant)
+            for n, (event_id, (tenant, text)) in enumerate(events.items())
+        ),
+    )
     answered = {e for e in events if not e.startswith("oos-bank")}
-
-    def finals(got: list[Any]) -> set[str]:
-        return {
-            r.reply_id for r in (decode(Reply, m.value() or b"") for m in got) if r.kind == "final"
-        }
-
-    def all_costed(got: list[Any]) -> bool:
-        records = (decode(CostRecord, m.value() or b"") for m in got)
-        return {r.event_id for r in records if r.last_call} >= answered
 
     log = tmp_path / "flow.log"
     with running_flow(settings, tmp_path / "recovery", log) as flow:
         bootstrap = settings.bootstrap_servers
         replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: finals(g) >= set(events), 120
+            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= set(events), 120
         )
-        costs_in = read_until(bootstrap, settings.topic("metrics"), all_costed, 60)
+        costs_in = read_until(
+            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= answered, 60
+        )
         assert flow.poll() is None, log.read_text()[-3000:]
     decisions = {
         d.event_id: d

@@ -17,52 +17,36 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from splitpin.core.kafka.producer import CheckedProducer
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.schemas import CostRecord, Reply, decode
-from tests.factories import event_dict
+from tests.factories import ROUTINE_QUESTIONS, event_dict
 from tests.flow_process import running_flow
-from tests.kafka_helpers import read_until
+from tests.governance_files import save_config, shipped_config
+from tests.kafka_helpers import ended_event_ids, final_reply_ids, read_until
 
 pytestmark = pytest.mark.integration
 
-QUESTIONS = (
-    "Where is my new card? It has not arrived yet.",
-    "How do I top up my account with a bank transfer?",
-    "Why was I charged a fee for a card payment abroad?",
-    "My transfer to a friend is still pending, why is that?",
-    "How can I change the PIN of my card?",
-    "What exchange rate do you use for payments in another currency?",
-    "Can I get a refund for a payment that was charged twice?",
-    "How long does a bank transfer from another bank take to arrive?",
-    "Why was my card declined at the supermarket today?",
-    "How do I activate my new card in the app?",
-)
+QUESTIONS = ROUTINE_QUESTIONS[:10]
 GAP_S = 0.4
 """Between events: a steady trickle, so no call waits for a slot and times are the calls'."""
 
 
 def hedging_governance(tmp_path: Path, *, enabled: bool) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     config["providers"].update(mode="local", emulate=True)
     config["replies"]["hedging"] = {"enabled": enabled, "email": "immediate"}
-    path = tmp_path / f"governance-{'on' if enabled else 'off'}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _final_ids(got: list[Any]) -> set[str]:
-    replies = (decode(Reply, m.value() or b"") for m in got)
-    return {r.reply_id for r in replies if r.kind == "final"}
+    folder = tmp_path / f"governance-{'on' if enabled else 'off'}"
+    folder.mkdir()
+    return save_config(config, folder)
 
 
 def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str, float]:
     """One flow, one warm-up event, then the questions as emails; seconds to each final."""
     path = hedging_governance(tmp_path, enabled=enabled)
     settings: Settings = topic_settings(partitions=2, governance_path=path)
-    producer = CheckedProducer(settings.bootstrap_servers)
+    producer = CheckedProducer(settings.bootstrap_servers)  # one, kept warm between events
     topic = settings.topic("events")
     name = "on" if enabled else "off"
 
@@ -78,10 +62,10 @@ def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str
         warm = read_until(
             settings.bootstrap_servers,
             settings.topic("replies"),
-            lambda g: f"warm-{name}" in _final_ids(g),
+            lambda g: f"warm-{name}" in final_reply_ids(g),
             120,
         )
-        assert f"warm-{name}" in _final_ids(warm), log.read_text()[-3000:]
+        assert f"warm-{name}" in final_reply_ids(warm), log.read_text()[-3000:]
         for n, text in enumerate(QUESTIONS):
             send(f"h-{name}-{n}", text, n + 1)
             time.sleep(GAP_S)
@@ -89,15 +73,16 @@ def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str
         replies_in = read_until(
             settings.bootstrap_servers,
             settings.topic("replies"),
-            lambda g: _final_ids(g) >= ids,
+            lambda g: final_reply_ids(g) >= ids,
             120,
         )
 
-        def all_closed(got: list[Any]) -> bool:
-            records = (decode(CostRecord, m.value() or b"") for m in got)
-            return {r.event_id for r in records if r.last_call} >= every
-
-        costs_in = read_until(settings.bootstrap_servers, settings.topic("metrics"), all_closed, 60)
+        costs_in = read_until(
+            settings.bootstrap_servers,
+            settings.topic("metrics"),
+            lambda g: ended_event_ids(g) >= every,
+            60,
+        )
         time.sleep(1.0)  # a hedge's loser may settle just after the final
         costs_in = read_until(
             settings.bootstrap_servers,

@@ -17,39 +17,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import yaml
 
-from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
-from splitpin.core.settings import REPO_ROOT, Settings
+from splitpin.core.settings import Settings
 from splitpin.operators.answering import audited
 from splitpin.providers.calibration import fast_probability_given_router, probability_right
 from splitpin.providers.knowledge_base import _package_kb, parse_articles
 from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
 from splitpin.schemas.audit_sample import AuditSample
-from tests.factories import event_dict
+from tests.factories import ROUTINE_QUESTIONS, event_dict
 from tests.flow_process import running_flow
-from tests.kafka_helpers import read_until
+from tests.governance_files import save_config, shipped_config
+from tests.kafka_helpers import ended_event_ids, final_reply_ids, publish_events, read_until
 
 pytestmark = pytest.mark.integration
 
 FRACTION = 0.5
-QUESTIONS = (
-    "Where is my new card? It has not arrived yet.",
-    "How do I top up my account with a bank transfer?",
-    "Why was I charged a fee for a card payment abroad?",
-    "My transfer to a friend is still pending, why is that?",
-    "How can I change the PIN of my card?",
-    "What exchange rate do you use for payments in another currency?",
-    "Can I get a refund for a payment that was charged twice?",
-    "How long does a bank transfer from another bank take to arrive?",
-    "Why was my card declined at the supermarket today?",
-    "How do I activate my new card in the app?",
-    "Is there a limit on how much cash I can withdraw at an ATM?",
-    "I made a payment to the wrong account, can it be reversed?",
-)
+QUESTIONS = ROUTINE_QUESTIONS
 COMPLIANCE = (
     "Can you help me with something on my account please?",
     "I need to dispute a transaction on my statement.",
@@ -57,12 +42,10 @@ COMPLIANCE = (
 
 
 def audit_governance(tmp_path: Path, bound: float = 0.0, fraction: float = FRACTION) -> Path:
-    config: dict[str, Any] = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    config = shipped_config()
     config["replies"].update(verify="audit", verify_min_probability=bound, audit_fraction=fraction)
     config["providers"]["mode"] = "local"
-    path = tmp_path / "governance.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return save_config(config, tmp_path)
 
 
 def test_audit_mode_verifies_only_the_audit_sample_and_records_it(
@@ -73,30 +56,30 @@ def test_audit_mode_verifies_only_the_audit_sample_and_records_it(
     pinned = {f"v-pin-{n}": text for n, text in enumerate(COMPLIANCE)}
     sample = {e for e in routine if audited(e, FRACTION)}
     assert 0 < len(sample) < len(routine)  # the test sees both sides of the sample
-    producer = CheckedProducer(settings.bootstrap_servers)
-    for n, (event_id, text) in enumerate({**routine, **pinned}.items()):
-        tags = ("compliance",) if event_id in pinned else ()
-        data = event_dict(event_id, f"c-{event_id}", text=text, at_s=n, tags=tags)
-        producer.produce(settings.topic("events"), orjson.dumps(data), f"c-{event_id}".encode())
-    producer.flush(15)
+    publish_events(
+        settings,
+        (
+            event_dict(
+                event_id,
+                f"c-{event_id}",
+                text=text,
+                at_s=n,
+                tags=("compliance",) if event_id in pinned else (),
+            )
+            for n, (event_id, text) in enumerate({**routine, **pinned}.items())
+        ),
+    )
     ids = set(routine) | set(pinned)
-
-    def finals(got: list[Any]) -> set[str]:
-        return {
-            r.reply_id for r in (decode(Reply, m.value() or b"") for m in got) if r.kind == "final"
-        }
-
-    def all_costed(got: list[Any]) -> bool:
-        records = (decode(CostRecord, m.value() or b"") for m in got)
-        return {r.event_id for r in records if r.last_call} >= ids
 
     log = tmp_path / "flow.log"
     with running_flow(settings, tmp_path / "recovery", log) as flow:
         bootstrap = settings.bootstrap_servers
         replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: finals(g) >= ids, 120
+            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
         )
-        costs_in = read_until(bootstrap, settings.topic("metrics"), all_costed, 60)
+        costs_in = read_until(
+            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60
+        )
         audit_in = read_until(
             bootstrap, settings.topic("replies_audit"), lambda g: len(g) >= len(sample), 30
         )
@@ -149,37 +132,27 @@ def _article_of_intent() -> dict[str, str]:
     return {a.intent: a.doc_id for a in articles if a.intent}
 
 
-def _ended(got: list[Any]) -> set[str]:
-    return {r.event_id for r in (decode(CostRecord, m.value() or b"") for m in got) if r.last_call}
-
-
 def test_the_router_agreement_decides_what_skips_the_verifier(
     topic_settings: Any, tmp_path: Path
 ) -> None:
     bound = 0.9
     path = audit_governance(tmp_path, bound=bound, fraction=1.0)
     settings: Settings = topic_settings(partitions=2, governance_path=path)
-    producer = CheckedProducer(settings.bootstrap_servers)
     ids = {f"g-{n}" for n in range(len(QUESTIONS))}
-    for n, text in enumerate(QUESTIONS):
-        data = event_dict(f"g-{n}", f"c-g-{n}", text=text, at_s=n)
-        producer.produce(settings.topic("events"), orjson.dumps(data), f"c-g-{n}".encode())
-    producer.flush(15)
-
-    def finals(got: list[Any]) -> set[str]:
-        return {
-            r.reply_id for r in (decode(Reply, m.value() or b"") for m in got) if r.kind == "final"
-        }
+    publish_events(
+        settings,
+        (event_dict(f"g-{n}", f"c-g-{n}", text=text, at_s=n) for n, text in enumerate(QUESTIONS)),
+    )
 
     log = tmp_path / "flow.log"
     with running_flow(settings, tmp_path / "recovery", log) as flow:
         bootstrap = settings.bootstrap_servers
         replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: finals(g) >= ids, 120
+            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
         )
         # Every job has ended (its last CostRecord is out); audit records leave with the
         # verified final, so a short settle reads all of them.
-        read_until(bootstrap, settings.topic("metrics"), lambda g: _ended(g) >= ids, 60)
+        read_until(bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60)
         audit_in = read_until(bootstrap, settings.topic("replies_audit"), lambda g: False, 3)
         assert flow.poll() is None, log.read_text()[-3000:]
     decisions = {
