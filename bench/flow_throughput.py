@@ -1270,16 +1270,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def finish(
+    run: Callable[[], dict[str, Any]],
+    *,
+    as_json: bool,
+    failures: tuple[type[Exception], ...] = (),
+) -> int:
+    """A bench's exit: `BENCH FAILED: ...` on stderr and status 1 when `run` raises a bench
+    or splitpin error (or one of `failures`); else 0, with its figures as the last stdout
+    line when `as_json`."""
+    caught: tuple[type[Exception], ...] = (BenchError, SplitpinError, *failures)
     try:
-        result = run(args)
-    except (BenchError, SplitpinError) as exc:
+        result = run()
+    except caught as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
-    if args.json:
+    if as_json:
         print(orjson.dumps(result).decode())
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return finish(lambda: run(args), as_json=args.json)
 
 
 if __name__ == "__main__":

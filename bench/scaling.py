@@ -57,6 +57,7 @@ from bench.flow_throughput import (
     TopicCounter,
     check_output,
     delete_run_topics,
+    finish,
     kafka_broker,
     load_templates,
     log_tail,
@@ -76,7 +77,6 @@ from splitpin.core.kafka.client_config import client_config, security_config
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings, load_settings
-from splitpin.errors import SplitpinError
 
 EVENT_PARTITIONS = 4
 """Even on purpose: with 3 partitions two processes split them 2:1 and cannot reach 2x."""
@@ -691,14 +691,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except (BenchError, SplitpinError, subprocess.SubprocessError) as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    if args.json:
-        print(orjson.dumps(result).decode())
-    return 0
+    return finish(lambda: run(args), as_json=args.json, failures=(subprocess.SubprocessError,))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from bench.flow_throughput import (
     TopicCounter,
     delete_run_topics,
     event_ids_and_times,
+    finish,
     kafka_broker,
     log_tail,
     machine,
@@ -70,7 +71,7 @@ from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.router.train import DEFAULT_DATA_DIR
 from splitpin.core.settings import REPO_ROOT, Settings, load_settings
-from splitpin.errors import ConfigError, SplitpinError
+from splitpin.errors import ConfigError
 from splitpin.schemas.events import ConversationEvent
 from splitpin.schemas.wire import encode
 
@@ -536,14 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # the shared data is absent: the error names the file
         print(f"whole-path bench: needs the held-out banking77 rows: {exc}", file=sys.stderr)
         return 2
-    try:
-        result = run(args, rows)
-    except (BenchError, SplitpinError) as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    if args.json:
-        print(orjson.dumps(result).decode())
-    return 0
+    return finish(lambda: run(args, rows), as_json=args.json)
 
 
 if __name__ == "__main__":
