@@ -445,19 +445,10 @@ def time_flow_until_eof(
     A side thread turns the decisions topic's watermarks into a progress bar, so the main
     thread can block in `wait()` and note the exit time exactly.
     """
-    done = threading.Event()
-    decisions = settings.topic("decisions")
-
-    def show_progress(bar: tqdm[Any]) -> None:
-        while not done.wait(0.5):
-            bar.update(counter.count(decisions) - bar.n)
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with tqdm(total=expected, unit="ev", desc=desc, leave=False) as bar:
-        watcher = threading.Thread(target=show_progress, args=(bar,), daemon=True)
+    before = children_cpu_s()
+    with topic_progress(counter, settings.topic("decisions"), expected, desc):
         started = time.perf_counter()
         process = start_flow(settings, log_path, "--until-eof", profile=profile)
-        watcher.start()
         try:
             returncode = process.wait(timeout=STALL_TIMEOUT_S + expected / 50)
         except subprocess.TimeoutExpired as exc:
@@ -466,14 +457,36 @@ def time_flow_until_eof(
         finally:
             wall = time.perf_counter() - started
             stop_flow(process)  # a no-op once it exited; otherwise (timeout, ^C) end it
-            done.set()
-            watcher.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if returncode != 0:
         msg = f"the flow exited with status {returncode}; log:\n{log_tail(log_path)}"
         raise BenchError(msg)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(wall, cpu)
+    return Timing(wall, children_cpu_s() - before)
+
+
+def children_cpu_s() -> float:
+    """User + system seconds of every child process reaped so far (its process tree)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def topic_progress(counter: TopicCounter, topic: str, expected: int, desc: str) -> Iterator[None]:
+    """A progress bar on stderr fed from `topic`'s record count by a side thread, so the
+    caller can block in a wait and note the exit time exactly."""
+    done = threading.Event()
+    with tqdm(total=expected, unit="ev", desc=desc, leave=False) as bar:
+
+        def show_progress() -> None:
+            while not done.wait(0.5):
+                bar.update(counter.count(topic) - bar.n)
+
+        watcher = threading.Thread(target=show_progress, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
 
 
 def time_baseline(settings: Settings, source: str, target: str, expected: int) -> Timing:

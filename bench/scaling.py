@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -31,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -56,6 +54,7 @@ from bench.flow_throughput import (
     Profiling,
     TopicCounter,
     check_output,
+    children_cpu_s,
     delete_run_topics,
     finish,
     kafka_broker,
@@ -70,6 +69,7 @@ from bench.flow_throughput import (
     start_flow,
     stop_flow,
     timed_latencies,
+    topic_progress,
 )
 from splitpin.app.runner import ensure_recovery_dir
 from splitpin.core.kafka.admin import create_topics
@@ -223,28 +223,15 @@ def time_until_eof(
 ) -> Timing:
     """Launch the shape with `--until-eof`; time and CPU until its last process exited
     (under `profile`, py-spy's own CPU is in the figure: compare shares, not CPU)."""
-    done = threading.Event()
-    decisions = settings.topic("decisions")
-
-    def show_progress(bar: tqdm[Any]) -> None:
-        while not done.wait(0.5):
-            bar.update(counter.count(decisions) - bar.n)
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with tqdm(total=expected, unit="ev", desc=desc, leave=False) as bar:
+    before = children_cpu_s()
+    with topic_progress(counter, settings.topic("decisions"), expected, desc):
         started = time.monotonic()
         cluster = Cluster(settings, shape, logs, "--until-eof", profile=profile)
-        watcher = threading.Thread(target=show_progress, args=(bar,), daemon=True)
-        watcher.start()
         try:
             ended = cluster.wait(STALL_TIMEOUT_S + expected / 20)
         finally:
             cluster.stop()  # a no-op once they exited; otherwise (failure, ^C) end them
-            done.set()
-            watcher.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(ended - started, cpu)
+    return Timing(ended - started, children_cpu_s() - before)
 
 
 # -- outputs -----------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -53,6 +52,7 @@ from bench.flow_throughput import (
     STALL_TIMEOUT_S,
     BenchError,
     TopicCounter,
+    children_cpu_s,
     delete_run_topics,
     event_ids_and_times,
     finish,
@@ -282,7 +282,7 @@ def run_tree(
         publish(run, events)
         wanted = {e.event_id for e in events}
         watcher = FinalWatcher(run, run.topic("replies"), wanted)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = children_cpu_s()
         process = None
         spy: subprocess.Popen[bytes] | None = None
         try:
@@ -313,11 +313,10 @@ def run_tree(
             if spy is not None:
                 spy.wait(timeout=60)  # it writes its file once the flow has exited
             watcher.close()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = children_cpu_s() - before
         dead = counter.count(run.topic("dead_letter"))
     finally:
         counter.close()
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return summarize(name, run, events, started, startup.wall_s, startup.cpu_s, cpu, dead)
 
 
