@@ -48,7 +48,7 @@ from splitpin.core.router.heads import (
 )
 from splitpin.core.router.train import load_training_data
 from splitpin.operators.model_gateway import with_intent_article
-from splitpin.providers.base import Candidate, Message, ModelRequest
+from splitpin.providers.base import Candidate, Message, ModelRequest, SourceDoc
 from splitpin.providers.calibration import (
     CALIBRATION_FILE,
     CALIBRATION_FORMAT,
@@ -87,6 +87,18 @@ class Sample:
     correct: npt.NDArray[np.float64]
 
 
+def _fast_request(request_id: str, text: str, sources: tuple[SourceDoc, ...]) -> ModelRequest:
+    """The fast role's first call on one held-out question, as the flow sends it."""
+    return ModelRequest(
+        request_id=f"{request_id}:0",
+        role="fast",
+        tenant_id=TENANT,
+        messages=(Message(role="user", content=text),),
+        max_tokens=MAX_TOKENS,
+        sources=sources,
+    )
+
+
 def _fleet_samples(
     fleet: LocalFleet, rows: Sequence[tuple[str, str]], prefix: str
 ) -> dict[str, Sample]:
@@ -109,14 +121,7 @@ def _fleet_samples(
             continue
         gold = article.doc_id
         sources = fleet.retriever.retrieve(KB_NAME, text, top_k)
-        request = ModelRequest(
-            request_id=f"{prefix}-{i}:0",
-            role="fast",
-            tenant_id=TENANT,
-            messages=(Message(role="user", content=text),),
-            max_tokens=MAX_TOKENS,
-            sources=sources,
-        )
+        request = _fast_request(f"{prefix}-{i}", text, sources)
         first, _ = fast.respond(request)
         first_ids = tuple(c.doc_id for c in first.citations)
         record("fast", first.confidence, first_ids, gold)
@@ -189,15 +194,7 @@ def _agreement_samples(
             fleet.retriever.retrieve(KB_NAME, text, top_k),
             top_k,
         )
-        request = ModelRequest(
-            request_id=f"{prefix}-{i}:0",
-            role="fast",
-            tenant_id=TENANT,
-            messages=(Message(role="user", content=text),),
-            max_tokens=MAX_TOKENS,
-            sources=sources,
-        )
-        result, _ = fast.respond(request)
+        result, _ = fast.respond(_fast_request(f"{prefix}-{i}", text, sources))
         cited = result.citations[0].doc_id if result.citations else None
         out[0].append(float(result.confidence or 0.0))
         out[1].append(float(found.intent_confidence))

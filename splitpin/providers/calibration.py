@@ -284,17 +284,7 @@ def fit_platt(raw: npt.ArrayLike, correct: npt.ArrayLike) -> IsotonicMap:
     base rate (a map must be monotone non-decreasing)."""
     c = np.asarray(raw, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
-    design = np.column_stack([np.ones_like(c), _logit(c)])
-    w = np.zeros(2)
-    ridge = 1e-3 * np.eye(2)
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(design @ w)))
-        grad = design.T @ (p - y) + ridge @ w
-        hess = design.T @ (design * (p * (1 - p))[:, None]) + ridge
-        step = np.linalg.solve(hess, grad)
-        w = w - step
-        if float(np.abs(step).max()) < 1e-10:
-            break
+    w = _fit_logistic(np.column_stack([np.ones_like(c), _logit(c)]), y)
     lo, hi = float(c.min()), float(c.max())
     xs = np.linspace(lo, hi, PLATT_KNOTS) if hi > lo else np.array([lo])
     if w[1] <= 0:
@@ -337,7 +327,8 @@ def fit_isotonic_cv(
 
 
 def _fit_logistic(design: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> Any:
-    """Newton steps on a lightly ridged logistic log-likelihood (as fit_platt)."""
+    """Newton steps on a lightly ridged logistic log-likelihood (fit_platt, the agreement
+    map's logistic form)."""
     w = np.zeros(design.shape[1])
     ridge = 1e-3 * np.eye(design.shape[1])
     for _ in range(50):
