@@ -59,11 +59,12 @@ def _norm(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-Part = Literal["all", "evaluation"]
+Part = Literal["all", "calibration", "evaluation"]
 
 
 def heldout_rows(data_dir: Path, part: Part = "all") -> tuple[list[HeldOut], int]:
-    """The rows training held out (`evaluation`: only calibration's evaluation half), minus
+    """The rows training held out (`calibration` / `evaluation`: only that half of
+    `calibration.halves`; constants are chosen on the first, quoted on the second), minus
     texts also present in training; and how many were dropped for that.
 
     Raises ConfigError (naming the file) when the shared data is absent.
@@ -71,8 +72,9 @@ def heldout_rows(data_dir: Path, part: Part = "all") -> tuple[list[HeldOut], int
     data = load_training_data(data_dir)
     trained = {_norm(text) for text, _ in data.banking_train}
     wanted = set(range(len(data.banking_val)))
-    if part == "evaluation":
-        wanted = set(halves([t for t, _ in data.banking_val], [c for _, c in data.banking_val])[1])
+    if part != "all":
+        split = halves([t for t, _ in data.banking_val], [c for _, c in data.banking_val])
+        wanted = set(split[1] if part == "evaluation" else split[0])
     kept: list[HeldOut] = []
     dropped = 0
     for n, (text, intent) in enumerate(data.banking_val):

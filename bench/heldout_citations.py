@@ -292,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="first N held-out rows only")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="banking77/...")
-    parser.add_argument("--part", choices=("all", "evaluation"), default="all")
+    parser.add_argument("--part", choices=("all", "calibration", "evaluation"), default="all")
     parser.add_argument("--email-share", type=float, default=EMAIL_SHARE)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="governance override"
