@@ -2,8 +2,8 @@
 
 The client is built with `max_retries=0`: retries, backoff and the breaker belong to
 splitpin/providers/resilience.py, which must see every attempt. SDK exceptions are translated
-into the typed errors of splitpin/providers/base.py and raised without their cause, because an
-SDK exception carries the HTTP request, and the request carries the API key.
+into the typed errors of splitpin/providers/base.py and stripped of the API key
+(splitpin/providers/sdk_errors.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 
 import anthropic
-import httpx2
 from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
 from anthropic.types import Message as AnthropicMessage
 
-from splitpin.core.redaction import SECRETS, redact_exception
+from splitpin.core.redaction import SECRETS
 from splitpin.providers.base import (
     BadRequestError,
     ContextOverflowError,
@@ -28,7 +27,8 @@ from splitpin.providers.base import (
     Usage,
 )
 from splitpin.providers.prompting import conversation, parse_citations, system_prompt
-from splitpin.providers.resilience import AttemptTimeoutError, parse_retry_after, safe_url
+from splitpin.providers.resilience import parse_retry_after, safe_url
+from splitpin.providers.sdk_errors import transport_error, vendor_call
 from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import RoleConfig
 
@@ -79,17 +79,13 @@ class AnthropicProvider:
     async def complete(self, request: ModelRequest) -> ModelResult:
         model = self.role.pinned_id
         started = time.perf_counter()
-        try:
-            message = await (self._stream(request) if self.stream else self._create(request))
-        except anthropic.APIError as exc:
-            # Redacted here, where provider errors are translated: the text is logged
-            # and copied into validation-failure records.
-            raise redact_exception(translate_error(exc, model)) from None
-        except httpx2.RequestError as exc:
-            # Raised unwrapped by the SDK while reading a stream (dropped connection, read
-            # timeout); its request carries the key, so only its class and text go on.
-            msg = f"anthropic {model}: stream broke: {type(exc).__name__}: {exc}"
-            raise redact_exception(TransientError(msg, model=model)) from None
+        message = await vendor_call(
+            self._stream(request) if self.stream else self._create(request),
+            vendor=self.name,
+            model=model,
+            api_error=anthropic.APIError,
+            translate=translate_error,
+        )
         latency_ms = (time.perf_counter() - started) * 1000
         text = "".join(block.text for block in message.content if block.type == "text")
         return ModelResult(
@@ -148,11 +144,15 @@ class AnthropicProvider:
 
 def translate_error(exc: anthropic.APIError, model: str) -> ProviderError:
     """SDK exception -> typed error. The message names status, type and request id, no key."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return AttemptTimeoutError(f"anthropic {model}: request timed out", model=model)
-    if isinstance(exc, anthropic.APIConnectionError):
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        return TransientError(f"anthropic {model}: connection error{cause}", model=model)
+    transport = transport_error(
+        exc,
+        vendor="anthropic",
+        model=model,
+        timeout=anthropic.APITimeoutError,
+        connection=anthropic.APIConnectionError,
+    )
+    if transport is not None:
+        return transport
     if not isinstance(exc, anthropic.APIStatusError):
         # e.g. APIResponseValidationError: a garbled answer, worth one more try.
         return TransientError(

@@ -7,7 +7,7 @@ none leaves it unknown (None), never 1.0.
 Chat Completions rather than the Responses API because that is what OpenAI-compatible
 servers implement, so one provider covers OpenAI and a self-hosted model behind
 `base_url`. As with Anthropic, `max_retries=0` leaves retries to splitpin/providers/resilience.py
-and SDK exceptions are translated without their cause (which carries the API key).
+and SDK exceptions are translated without the API key (splitpin/providers/sdk_errors.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx2
 import openai
 from openai.types import CompletionUsage
 from openai.types.chat import (
@@ -27,7 +26,7 @@ from openai.types.chat import (
     ChatCompletionUserMessageParam,
 )
 
-from splitpin.core.redaction import SECRETS, redact_exception
+from splitpin.core.redaction import SECRETS
 from splitpin.core.tokens import count_tokens
 from splitpin.providers.base import (
     BadRequestError,
@@ -44,7 +43,8 @@ from splitpin.providers.prompting import (
     parse_citations,
     system_prompt,
 )
-from splitpin.providers.resilience import AttemptTimeoutError, parse_retry_after, safe_url
+from splitpin.providers.resilience import parse_retry_after, safe_url
+from splitpin.providers.sdk_errors import transport_error, vendor_call
 from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import RoleConfig
 
@@ -117,20 +117,15 @@ class OpenAIProvider:
                 )
         max_tokens = min(request.max_tokens, self.role.max_output_tokens)
         started = time.perf_counter()
-        try:
-            if self.stream:
-                answer = await self._stream(request, messages, max_tokens)
-            else:
-                answer = await self._create(messages, max_tokens)
-        except openai.APIError as exc:
-            # Redacted here, where provider errors are translated: the text is logged
-            # and copied into validation-failure records.
-            raise redact_exception(translate_error(exc, model)) from None
-        except httpx2.RequestError as exc:
-            # Raised unwrapped by the SDK while reading a stream (dropped connection, read
-            # timeout); its request carries the key, so only its class and text go on.
-            msg = f"openai {model}: stream broke: {type(exc).__name__}: {exc}"
-            raise redact_exception(TransientError(msg, model=model)) from None
+        answer = await vendor_call(
+            self._stream(request, messages, max_tokens)
+            if self.stream
+            else self._create(messages, max_tokens),
+            vendor=self.name,
+            model=model,
+            api_error=openai.APIError,
+            translate=translate_error,
+        )
         latency_ms = (time.perf_counter() - started) * 1000
         return ModelResult(
             request_id=request.request_id,
@@ -220,11 +215,15 @@ class OpenAIProvider:
 
 def translate_error(exc: openai.APIError, model: str) -> ProviderError:
     """SDK exception -> typed error. The message names status, code and request id, no key."""
-    if isinstance(exc, openai.APITimeoutError):
-        return AttemptTimeoutError(f"openai {model}: request timed out", model=model)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        return TransientError(f"openai {model}: connection error{cause}", model=model)
+    transport = transport_error(
+        exc,
+        vendor="openai",
+        model=model,
+        timeout=openai.APITimeoutError,
+        connection=openai.APIConnectionError,
+    )
+    if transport is not None:
+        return transport
     code = exc.code or ""
     body = exc.body if isinstance(exc.body, dict) else {}
     detail = str(body.get("message") or exc.message)
