@@ -8,13 +8,12 @@ invoked on its own (tests) as under `splitpin`. A held change exits 3, so script
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from splitpin.app.cli_errors import command_line, fail
 from splitpin.core import governance_store as store
 from splitpin.core.settings import load_settings
 from splitpin.errors import SplitpinError
@@ -30,15 +29,8 @@ governance_app = typer.Typer(
 )
 
 
-def _fail(exc: SplitpinError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
-
-
 def _command_line() -> str:
-    """The command as typed, for the audit record."""
-    prog = Path(sys.argv[0]).name if sys.argv else "splitpin"
-    return shlex.join([prog, *sys.argv[1:]])
+    return command_line("splitpin.app.governance_cli")
 
 
 @governance_app.command("diff")
@@ -52,7 +44,7 @@ def diff_command(
     try:
         before, after = load_governance(old), load_governance(new)
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     changes = store.diff(before, after)
     if as_json:
         payload = {
@@ -87,7 +79,7 @@ def apply_command(
             load_settings(), candidate, command=_command_line(), force=force
         )
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"{outcome.action}: {outcome.from_version} -> {outcome.to_version}")
     typer.echo(outcome.message)
     for line in store.render_changes(outcome.changes):
@@ -102,7 +94,7 @@ def rollback_command() -> None:
     try:
         outcome = store.rollback(load_settings(), command=_command_line())
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"{outcome.action}: {outcome.from_version} -> {outcome.to_version}")
     for line in store.render_changes(outcome.changes):
         typer.echo(line)
@@ -118,7 +110,7 @@ def status_command(
         records = store.read_records(settings)
         audits = store.read_audit(settings)[-5:]
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     current = records.get(store.CURRENT_KEY)
     pending = store.still_pending(records)
     if as_json:

@@ -8,13 +8,12 @@ invoked on its own (tests) as under `splitpin`.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from splitpin.app.cli_errors import command_line, fail
 from splitpin.errors import SplitpinError
 
 router_app = typer.Typer(
@@ -24,16 +23,8 @@ router_app = typer.Typer(
 )
 
 
-def _fail(exc: SplitpinError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
-
-
 def _command_line() -> str:
-    """The command as typed, for the manifest (`splitpin router train ...`)."""
-    prog = Path(sys.argv[0]).name if sys.argv else "splitpin"
-    head = ["python", "-m", "splitpin.app.router_cli"] if prog == "cli.py" else [prog]
-    return shlex.join([*head, *sys.argv[1:]])
+    return command_line("splitpin.app.router_cli")
 
 
 @router_app.command("train")
@@ -78,7 +69,7 @@ def train_command(
             echo=typer.echo,
         )
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     sizes = ", ".join(
         f"{name} {(target / name).stat().st_size / 1024:.0f} KiB"
         for name in (*manifest["files"], "manifest.json")
@@ -96,7 +87,7 @@ def train_command(
                 echo=typer.echo,
             )
         except SplitpinError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
 
 
 @router_app.command("calibrate")
@@ -130,7 +121,7 @@ def calibrate_command(
             echo=typer.echo,
         )
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 @router_app.command("eval")
@@ -173,7 +164,7 @@ def eval_command(
         classifier = Classifier.load(config, governance.routing)
         report = evaluate(classifier, pairs, format_)
     except SplitpinError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"file: {file}")
     for line in report.lines():
         typer.echo(line)
