@@ -16,8 +16,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from splitpin.core.kafka.broker import LocalBroker
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
-from splitpin.schemas import CostRecord, Reply, decode
+from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,10 @@ def ended_event_ids(messages: Iterable[Message]) -> set[str]:
     records (last_call): no call of theirs follows."""
     records = (decode(CostRecord, m.value() or b"") for m in messages)
     return {r.event_id for r in records if r.last_call}
+
+
+def decisions_by_event(settings: Settings) -> dict[str, RoutingDecision]:
+    """Every decision on the flow's `decisions` topic, by event id (read to its end)."""
+    messages = read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
+    decisions = (decode(RoutingDecision, m.value() or b"") for m in messages)
+    return {d.event_id: d for d in decisions}

@@ -14,13 +14,18 @@ from typing import Any
 
 import pytest
 
-from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
-from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
+from splitpin.schemas import CostRecord, Reply, decode
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import ended_event_ids, final_reply_ids, publish_events, read_until
+from tests.kafka_helpers import (
+    decisions_by_event,
+    ended_event_ids,
+    final_reply_ids,
+    publish_events,
+    read_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +75,7 @@ def test_out_of_scope_gets_clarify_without_a_call_in_scope_gets_a_cited_answer(
             bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= answered, 60
         )
         assert flow.poll() is None, log.read_text()[-3000:]
-    decisions = {
-        d.event_id: d
-        for d in (
-            decode(RoutingDecision, m.value() or b"")
-            for m in read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
-        )
-    }
+    decisions = decisions_by_event(settings)
     replies = [decode(Reply, m.value() or b"") for m in replies_in]
     calls = [decode(CostRecord, m.value() or b"") for m in costs_in]
     clarify = settings.governance.replies.clarify_reply

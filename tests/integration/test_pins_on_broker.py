@@ -16,14 +16,13 @@ import orjson
 import pytest
 
 from splitpin.core.kafka.producer import CheckedProducer
-from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
-from splitpin.schemas import RoutingDecision, decode
+from splitpin.schemas import decode
 from splitpin.schemas.replies import Reply
 from tests.factories import event_dict
 from tests.flow_process import running_flow
 from tests.governance_files import remote_config, save_config
-from tests.kafka_helpers import read_until
+from tests.kafka_helpers import decisions_by_event, read_until
 from tests.model_api_server import ModelApiServer, grounded
 
 pytestmark = pytest.mark.integration
@@ -86,13 +85,7 @@ def test_every_bypass_is_pinned_and_answered_by_the_compliance_role(
     with running_flow(settings, tmp_path / "recovery", log, **KEYS) as flow:
         messages = read_until(settings.bootstrap_servers, settings.topic("replies"), all_final, 120)
         assert flow.poll() is None, log.read_text()[-3000:]
-    decisions = {
-        d.event_id: d
-        for d in (
-            decode(RoutingDecision, m.value() or b"")
-            for m in read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
-        )
-    }
+    decisions = decisions_by_event(settings)
     replies = [decode(Reply, m.value() or b"") for m in messages]
 
     assert decisions["cache-first"].role == "fast" and not decisions["cache-first"].pinned

@@ -19,17 +19,22 @@ from typing import Any
 
 import pytest
 
-from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
 from splitpin.operators.answering import audited
 from splitpin.providers.calibration import fast_probability_given_router, probability_right
 from splitpin.providers.knowledge_base import _package_kb, parse_articles
-from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
+from splitpin.schemas import CostRecord, Reply, decode
 from splitpin.schemas.audit_sample import AuditSample
 from tests.factories import ROUTINE_QUESTIONS, event_dict
 from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import ended_event_ids, final_reply_ids, publish_events, read_until
+from tests.kafka_helpers import (
+    decisions_by_event,
+    ended_event_ids,
+    final_reply_ids,
+    publish_events,
+    read_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -84,13 +89,7 @@ def test_audit_mode_verifies_only_the_audit_sample_and_records_it(
             bootstrap, settings.topic("replies_audit"), lambda g: len(g) >= len(sample), 30
         )
         assert flow.poll() is None, log.read_text()[-3000:]
-    decisions = {
-        d.event_id: d
-        for d in (
-            decode(RoutingDecision, m.value() or b"")
-            for m in read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
-        )
-    }
+    decisions = decisions_by_event(settings)
     replies = [decode(Reply, m.value() or b"") for m in replies_in]
     calls = {
         (r.event_id, r.record_id.rpartition(":")[2])
@@ -155,13 +154,7 @@ def test_the_router_agreement_decides_what_skips_the_verifier(
         read_until(bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60)
         audit_in = read_until(bootstrap, settings.topic("replies_audit"), lambda g: False, 3)
         assert flow.poll() is None, log.read_text()[-3000:]
-    decisions = {
-        d.event_id: d
-        for d in (
-            decode(RoutingDecision, m.value() or b"")
-            for m in read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
-        )
-    }
+    decisions = decisions_by_event(settings)
     replies = [decode(Reply, m.value() or b"") for m in replies_in]
     audits = {a.event_id: a for a in (decode(AuditSample, m.value() or b"") for m in audit_in)}
     article = _article_of_intent()
