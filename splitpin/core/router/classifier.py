@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,8 +155,10 @@ def check_artifacts(classifier: ClassifierConfig, routing: RoutingConfig) -> Non
 
 
 class Classifier:
-    """Stateless after load, so thread-safe; memoizing repeats is the caller's choice
-    (operators/classify.py keeps the worker-local memo of `ClassifierConfig.memo_size`)."""
+    """Thread-safe; memoizing repeated classifications is the caller's choice
+    (operators/classify.py keeps the worker-local memo of `ClassifierConfig.memo_size`).
+    It remembers only intent-head rows by input text (a pure function of it): the local
+    fleet's verifier asks for the turns the router already scored, at every job."""
 
     def __init__(
         self,
@@ -176,6 +180,8 @@ class Classifier:
         self._oos_idx = domain.index(OOS_LABEL)
         self._in_scope_mask = np.ones(len(domain), dtype=bool)
         self._in_scope_mask[self._oos_idx] = False
+        self._intent_rows: OrderedDict[str, npt.NDArray[np.float64]] = OrderedDict()
+        self._intent_lock = threading.Lock()
 
     @classmethod
     def load(cls, classifier: ClassifierConfig, routing: RoutingConfig) -> Classifier:
@@ -309,7 +315,8 @@ class Classifier:
 
     def _compliance_mass(self, text: str, embedding: npt.NDArray[np.float32]) -> float:
         bundle = self._bundle
-        p_intent = bundle.intent.proba(embedding, bundle.featurizer.transform(text))
+        row = bundle.featurizer.transform(text)
+        p_intent = self._remember_intent(text, bundle.intent.proba(embedding, row))
         return _r(p_intent[self._compliance_idx].sum())
 
     def intent_probabilities(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
@@ -321,12 +328,38 @@ class Classifier:
         out = np.empty((len(texts), len(self.intent_labels)), dtype=np.float64)
         if not texts:
             return out
-        bundle = self._bundle
         cut = [model_input(t, self._config.max_seq_tokens) for t in texts]
-        embeddings = self._embedder.embed(cut, max_batch=max(self._config.batch_size, 1))
-        for i, (text, emb) in enumerate(zip(cut, embeddings, strict=True)):
-            out[i] = bundle.intent.proba(emb, bundle.featurizer.transform(text))
+        missing: list[int] = []
+        with self._intent_lock:
+            for i, text in enumerate(cut):
+                row = self._intent_rows.get(text)
+                if row is None:
+                    missing.append(i)
+                else:
+                    self._intent_rows.move_to_end(text)
+                    out[i] = row
+        if not missing:
+            return out
+        bundle = self._bundle
+        fresh = [cut[i] for i in missing]
+        embeddings = self._embedder.embed(fresh, max_batch=max(self._config.batch_size, 1))
+        for i, text, emb in zip(missing, fresh, embeddings, strict=True):
+            out[i] = self._remember_intent(
+                text, bundle.intent.proba(emb, bundle.featurizer.transform(text))
+            )
         return out
+
+    def _remember_intent(self, text: str, row: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Keep `row`, the intent head's output for the model input `text` (never mutated),
+        up to `embedding_memo_size` texts, least recently used first out."""
+        size = self._config.embedding_memo_size
+        if size > 0:
+            with self._intent_lock:
+                self._intent_rows[text] = row
+                self._intent_rows.move_to_end(text)
+                while len(self._intent_rows) > size:
+                    self._intent_rows.popitem(last=False)
+        return row
 
     def _from_rule(self, rule: rules.Rule) -> Classification:
         return Classification(
@@ -345,7 +378,7 @@ class Classifier:
     def _from_model(self, text: str, embedding: npt.NDArray[np.float32]) -> Classification:
         bundle = self._bundle
         row = bundle.featurizer.transform(text)
-        p_intent = bundle.intent.proba(embedding, row)
+        p_intent = self._remember_intent(text, bundle.intent.proba(embedding, row))
         p_domain = bundle.domain.proba(embedding, row)
 
         best = int(np.argmax(p_intent))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ class Embedder:
         self._session = session
         self._tokenizer = tokenizer
         self._memo: OrderedDict[str, FloatArray] = OrderedDict()
+        self._id_memo: OrderedDict[bytes, FloatArray] = OrderedDict()
+        """Rows by token ids (packed int32, a few hundred bytes a key): a text the string
+        memo misses often has a remembered row under another spelling (see `embed`)."""
         self._memo_size = MEMO_SIZE if memo_size is None else memo_size
         self._memo_lock = threading.Lock()
         self.info = EmbedderInfo(
@@ -146,9 +150,20 @@ class Embedder:
             return out
         missing = self._from_memo(texts, out)
         if missing:
-            fresh = self._compute([texts[i] for i in missing], max_batch, progress)
-            out[missing] = fresh
-            self._to_memo([texts[i] for i in missing], fresh)
+            # A row is a function of the token ids alone, and other spellings of a text
+            # share them: the router embeds a message whitespace-normalised and cut to
+            # its input length, the local fleet the raw turn, retrieval the recent turns
+            # joined (an email thread's first turn already fills the 128 tokens). Looked
+            # up by ids before running the model: the same row, without the transformer.
+            ids = self.token_ids([texts[i] for i in missing])
+            keys = [array("i", seq).tobytes() for seq in ids]
+            unseen = self._from_id_memo(missing, keys, out)
+            if unseen:
+                fresh = self._compute_ids([ids[j] for j in unseen], max_batch, progress)
+                out[[missing[j] for j in unseen]] = fresh
+            elif progress is not None:
+                progress(len(texts))
+            self._to_memo([texts[i] for i in missing], out[missing], keys)
         elif progress is not None:
             progress(len(texts))
         return out
@@ -167,20 +182,46 @@ class Embedder:
                     out[i] = row
         return missing
 
-    def _to_memo(self, texts: Sequence[str], rows: FloatArray) -> None:
+    def _from_id_memo(self, missing: list[int], keys: list[bytes], out: FloatArray) -> list[int]:
+        """Copy rows remembered under the same token ids into `out` (at `missing[j]`); the
+        positions j still to compute. Exact for the reason `_from_memo` is."""
+        unseen: list[int] = []
+        with self._memo_lock:
+            for j, key in enumerate(keys):
+                row = self._id_memo.get(key)
+                if row is None:
+                    unseen.append(j)
+                else:
+                    self._id_memo.move_to_end(key)
+                    out[missing[j]] = row
+        return unseen
+
+    def _to_memo(self, texts: Sequence[str], rows: FloatArray, keys: Sequence[bytes]) -> None:
         if self._memo_size <= 0:
             return
         with self._memo_lock:
-            for text, row in zip(texts, rows, strict=True):
-                self._memo[text] = row.copy()  # not a view pinning the whole batch
+            for text, key, row in zip(texts, keys, rows, strict=True):
+                kept = row.copy()  # not a view pinning the whole batch
+                self._memo[text] = kept
+                self._id_memo[key] = kept
+                self._id_memo.move_to_end(key)
             while len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
+            while len(self._id_memo) > self._memo_size:
+                self._id_memo.popitem(last=False)
 
     def _compute(
         self, texts: Sequence[str], max_batch: int, progress: Callable[[int], object] | None
     ) -> FloatArray:
-        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        ids = self.token_ids(texts)
+        return self._compute_ids(self.token_ids(texts), max_batch, progress)
+
+    def _compute_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        max_batch: int,
+        progress: Callable[[int], object] | None,
+    ) -> FloatArray:
+        out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
         by_length: dict[int, list[int]] = {}
         for i, seq in enumerate(ids):
             by_length.setdefault(len(seq), []).append(i)
