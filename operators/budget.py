@@ -164,6 +164,10 @@ class Verdict:
     calls: tuple[CallBound, ...] = ()
 
 
+BOUNDS_MEMO = 4096
+"""Call bounds a gate remembers (a few hundred bytes each); past that it starts afresh."""
+
+
 @dataclass
 class BudgetGate:
     governance: GovernanceConfig
@@ -173,6 +177,12 @@ class BudgetGate:
     """A canary's gate: ONE ledger (the flow keys all its traffic alike) held to this limit
     instead of the tenants' (their allowed roles still apply); it reconciles only shadow
     CostRecords, and a tenant's gate (None) only non-shadow ones."""
+    _bounds: dict[tuple[CallPurpose, ModelRole, int], CallBound] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`_bound` results of this governance (`_bounds_of`): every admission prices four or
+    five calls per plan, and a refused one every alternative, at recurring token counts."""
+    _bounds_of: GovernanceConfig | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def shadow(self) -> bool:
@@ -192,9 +202,17 @@ class BudgetGate:
             return Verdict("refuse", None, 0.0, "context overflow: nothing dispatched")
         pinned = routed.choice.pinned
 
+        # Each plan's bounds once: the allow path asked for them twice, and sorting the
+        # alternatives re-derived them per comparison key (pure functions of the plan).
+        bounds: dict[int, tuple[CallBound, ...]] = {}
+
         def calls(plan: PromptPlan) -> tuple[CallBound, ...]:
-            summary = summary_material(routed, plan, self.governance)
-            return self.call_bounds(plan, pinned=pinned, tenant=tenant, summary=summary)
+            known = bounds.get(id(plan))
+            if known is None:
+                summary = summary_material(routed, plan, self.governance)
+                known = self.call_bounds(plan, pinned=pinned, tenant=tenant, summary=summary)
+                bounds[id(plan)] = known
+            return known
 
         def cost(plan: PromptPlan) -> int:
             return sum(_amounts(calls(plan)).values())
@@ -289,6 +307,19 @@ class BudgetGate:
         return _usd(sum(_amounts(self.call_bounds(plan, pinned=pinned, tenant=tenant)).values()))
 
     def _bound(self, purpose: CallPurpose, role_name: ModelRole, counted_in: int) -> CallBound:
+        """A pure function of its arguments and the governance: remembered (`_bounds`)."""
+        if self._bounds_of is not self.governance:
+            self._bounds.clear()
+            self._bounds_of = self.governance
+        key = (purpose, role_name, counted_in)
+        known = self._bounds.get(key)
+        if known is None:
+            if len(self._bounds) >= BOUNDS_MEMO:
+                self._bounds.clear()
+            known = self._bounds[key] = self._priced(purpose, role_name, counted_in)
+        return known
+
+    def _priced(self, purpose: CallPurpose, role_name: ModelRole, counted_in: int) -> CallBound:
         roles = self.governance.roles
         budgets = self.governance.budgets
         role = roles[role_name]

@@ -37,6 +37,17 @@ class CallTimeoutError(Exception):
     """The call's deadline passed; the coroutine was cancelled."""
 
 
+class _Started:
+    """Whether a call took its slot: a flag set once on the loop, read by the worker. A
+    `threading.Event` per call (a Condition and a lock) cost more than the rest of `submit`,
+    and nothing ever waits on it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+
 class CallExecutor:
     """An event loop in a daemon thread with a bounded number of calls in flight."""
 
@@ -57,7 +68,7 @@ class CallExecutor:
         self._in_flight = 0
         self._queued = 0
         self._delayed = 0
-        self._started: weakref.WeakKeyDictionary[Future[Any], threading.Event] = (
+        self._started: weakref.WeakKeyDictionary[Future[Any], _Started] = (
             weakref.WeakKeyDictionary()
         )
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
@@ -92,7 +103,7 @@ class CallExecutor:
         the queue only that much later (cancelling it before then costs nothing).
         """
         delay = delay_s if delay_s is not None and delay_s > 0 else None
-        started = threading.Event()
+        started = _Started()
         future = asyncio.run_coroutine_threadsafe(
             self._run(call, timeout_s, delay, started), self._loop
         )
@@ -111,14 +122,14 @@ class CallExecutor:
         False for one still delayed or queued, and for a future of another executor."""
         with self._lock:
             event = self._started.get(future)
-        return event is not None and event.is_set()
+        return event is not None and event.value
 
     async def _run(
         self,
         call: Callable[[], Awaitable[T]],
         timeout_s: float | None,
         delay_s: float | None,
-        started: threading.Event | None = None,
+        started: _Started | None = None,
     ) -> T:
         # Counted here, not in `submit`: a task cancelled before its first step never runs.
         if delay_s is not None:
@@ -142,7 +153,7 @@ class CallExecutor:
                 self._queued -= 1
                 self._in_flight += 1
             if started is not None:
-                started.set()
+                started.value = True
             try:
                 if timeout_s is None:
                     return await call()

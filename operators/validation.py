@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from splitpin.providers.base import ModelResult, SourceDoc
 from splitpin.providers.prompting import canonical_doc_id, mentioned_doc_ids
@@ -28,9 +28,22 @@ class Violation:
     detail: str
 
 
+POLICY_MEMO_TEXTS = 4096
+"""(pattern, reply text) pairs whose first match is remembered: local answers are article
+texts, so the same few hundred texts are searched again at every reply."""
+
+
 @cache
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
+
+
+@lru_cache(maxsize=POLICY_MEMO_TEXTS)
+def _first_match(pattern: str, text: str) -> tuple[str, int] | None:
+    """The first match of a policy pattern in `text` (its text and offset), or None: a pure
+    function of both, so a remembered one is what searching again would find."""
+    match = _compiled(pattern).search(text)
+    return None if match is None else (match.group(0), match.start())
 
 
 def validate_answer(
@@ -95,9 +108,9 @@ def validate_answer(
             )
         )
     for check in policy_checks:
-        match = _compiled(check.pattern).search(result.text)
+        match = _first_match(check.pattern, result.text)
         if match is not None:
             violations.append(
-                Violation(check.name, check.error, f"matched {match.group(0)!r} at {match.start()}")
+                Violation(check.name, check.error, f"matched {match[0]!r} at {match[1]}")
             )
     return violations

@@ -178,6 +178,12 @@ def neutralise_summary(summary: str) -> str:
     return "\n".join(lines)
 
 
+DOC_IDS_MEMO = 4096
+"""Texts whose named doc ids are remembered: each validation of a job's answers scans the
+customer's turns again, and the answers (article texts) repeat across jobs."""
+
+
+@lru_cache(maxsize=DOC_IDS_MEMO)
 def mentioned_doc_ids(text: str) -> frozenset[str]:
     """Canonical doc ids named anywhere in `text`, in any spelling `neutralise` rewrites."""
     return frozenset(
