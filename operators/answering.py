@@ -16,7 +16,9 @@ Per event (a `Dispatch` from the budget gate), as calls finish:
   `replies.verify` may spare the verifier: under `below_confidence` a fast answer whose
   calibrated probability of being right reaches `verify_min_probability` is final at once
   (unverified); `audit` still verifies a hash-chosen `audit_fraction` of those and emits an
-  AuditSample (did the verifier cite the same sources?);
+  AuditSample (did the verifier cite the same sources?). `replies.verifier_first` skips the
+  wait for a fast answer that could not clear that bound whatever it says (the router is
+  unsure): the verifier answers alone (`direct`) or races the fast pass (`hedge`);
 - every answer is validated before it goes out (operators/validation.py). A failing one
   is withheld, recorded, and re-asked once of the pinned `reroute_role`; if that fails
   too, the safe reply is sent;
@@ -32,6 +34,7 @@ recognisable.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -39,6 +42,7 @@ from typing import Literal
 
 from splitpin.core import metrics
 from splitpin.core.tokens import count_tokens
+from splitpin.errors import ConfigError
 from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
 from splitpin.operators.model_calls import CallFailed, JobStep, StreamingQuantile
 from splitpin.operators.sampling import in_sample
@@ -60,9 +64,10 @@ from splitpin.providers.base import (
     SourceDoc,
 )
 from splitpin.providers.prompting import customer_doc_ids
+from splitpin.providers.registry import remote_settings
 from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.decisions import ModelRole, RoutingDecision
-from splitpin.schemas.governance import GovernanceConfig, RepliesConfig
+from splitpin.schemas.governance import GovernanceConfig, HedgeMode, RepliesConfig
 from splitpin.schemas.metrics import CostRecord
 from splitpin.schemas.replies import Reply
 from splitpin.schemas.validation import ValidationFailure
@@ -121,6 +126,9 @@ class CallSpec:
     summary_of: tuple[str, Coverage] | None = None
     """A summary call's conversation and coverage (operators/summaries.py): the same one in
     flight or done is shared, not made again."""
+    intent_confidence: float | None = None
+    """The router's probability for `intent`: a sure one narrows the prompt of
+    knowledge.intent_sure_roles (ModelGateway; None: never narrowed)."""
 
     def request(self, sources: tuple[SourceDoc, ...]) -> ModelRequest:
         """The request as sent, once the sources are known."""
@@ -203,6 +211,16 @@ def calibrated_given_router(
     )
 
 
+def verifier_subset(
+    sources: tuple[SourceDoc, ...], keep: set[str], others: int
+) -> tuple[SourceDoc, ...]:
+    """The sources whose doc id is in `keep` and the `others` best-ranked rest, in their
+    attached order (replies.verifier_other_sources)."""
+    kept = [doc for doc in sources if doc.doc_id in keep]
+    kept += [doc for doc in sources if doc.doc_id not in keep][:others]
+    return tuple(doc for doc in sources if doc in kept)
+
+
 def audited(event_id: str, fraction: float) -> bool:
     """True for the `fraction` of event ids in the audit sample: a hash, so the same on every
     worker, in every process and after a recovery re-issues the job."""
@@ -250,6 +268,8 @@ class AnswerJob:
     """Call ids started or scheduled and not yet answered (hedging: the loser's slot)."""
     ended: bool = False
     """The final went out; calls that end later are only settled (accounted)."""
+    direct: bool = False
+    """The verifier was asked first, without a fast draft (replies.verifier_first)."""
 
 
 Step = JobStep[AnswerOutput, CallSpec]
@@ -284,6 +304,10 @@ class AnswerPolicy:
     answer's own calibrated confidence decides (as `replies.verify_evidence: fast`)."""
     given_router: GivenRouter = calibrated_given_router
     """The verification policy's input when the router's agreement is weighed."""
+    fast_is_local: bool | None = None
+    """Whether the local fleet answers the fast role (the agreement map judges only its
+    answers, so only then can `replies.verifier_first` predict them). None: decided at
+    start from `providers.mode` and the role's key, as the provider registry decides."""
 
     def __post_init__(self) -> None:
         if self.summaries is None:
@@ -296,6 +320,8 @@ class AnswerPolicy:
             calibrated_probability
         ):
             calibration.packaged_calibration()  # missing or stale maps fail at start-up
+        if self.fast_is_local is None:
+            self.fast_is_local = _local_role(self.governance, "fast")
 
     # --- CallPolicy -----------------------------------------------------------------
 
@@ -322,7 +348,71 @@ class AnswerPolicy:
         purpose: CallPurpose = "pinned" if decision.pinned else "primary"
         if decision.tier == "trivial" and not decision.pinned:
             job.sources = ()  # small talk: nothing to look up, nothing to cite
-        return self._hedged(job, Step(calls=[self._call(job, purpose, decision.role)]))
+        predicted = self._verifier_first(job)
+        if predicted == "direct":
+            direct = self._direct(job)
+            if direct is not None:
+                return direct
+        step = Step(calls=[self._call(job, purpose, decision.role)])
+        return self._hedged(job, step, "immediate" if predicted == "hedge" else None)
+
+    # --- predicted verification (replies.verifier_first) ----------------------------
+
+    def _verifier_first(self, job: AnswerJob) -> Literal["off", "direct", "hedge"]:
+        """`replies.verifier_first` for this event: "off" (the fast pass first, as before)
+        unless it is an unpinned, verifiable fast-role event of a tenant that may use the
+        verifier, and the fast answer cannot reach the risk target (`_best_fast_probability`
+        under `verify_min_probability + margin`): then waiting for it only adds its
+        latency to the verifier's."""
+        replies = self.governance.replies
+        first = replies.verifier_first
+        decision = job.dispatch.decision
+        tenant = self.governance.budgets.for_tenant(decision.tenant_id)
+        if (
+            first.mode == "off"
+            or replies.verify == "always"  # every answer is verified: nothing to predict
+            or decision.pinned
+            or decision.role != "fast"
+            or (decision.tier == "trivial" and not replies.verify_trivial)
+            or not tenant.allows(replies.verifier_role)
+        ):
+            return "off"
+        best = self._best_fast_probability(decision)
+        if best is None or best >= replies.verify_min_probability + first.margin:
+            return "off"
+        return first.mode
+
+    def _best_fast_probability(self, decision: RoutingDecision) -> float | None:
+        """The most `_probability_right` could say of a local fast answer to this decision,
+        known before the call: the agreement map for an answer citing the router intent's
+        article at full confidence (both maps are monotone). None when the answer would not
+        be judged with the router (no intent, no article, `verify_evidence: fast`): then
+        nothing is predicted."""
+        intent = decision.intent
+        if (
+            not self.fast_is_local
+            or self.intent_article is None
+            or self.governance.replies.verify_evidence != "fast_and_router"
+            or intent in (None, "none")
+            or decision.confidence is None
+        ):
+            return None
+        assert intent is not None  # checked just above
+        if self.intent_article(decision.tenant_id, intent) is None:
+            return None
+        return self.given_router(1.0, decision.confidence, True)
+
+    def _direct(self, job: AnswerJob) -> Step | None:
+        """The verifier as the answering call, without a draft: its answer is final and
+        verified, as in a single-model topology. None when its window cannot hold the
+        planned prompt (the fast pass goes first, as before). The budget gate reserved the
+        verify call for every unpinned event its tenant lets use the verifier."""
+        verifier = self.governance.replies.verifier_role
+        messages, fits = self._messages_for(verifier, job.dispatch, ())
+        if not fits:
+            return None
+        job.direct = True
+        return Step(calls=[self._call(job, "verify", verifier, messages=messages)])
 
     def _summary_first(self, job: AnswerJob) -> tuple[str, CallSpec] | None:
         """When the prompt carries compacted turns and `context.summarizer` is `model`: the
@@ -432,6 +522,12 @@ class AnswerPolicy:
         if isinstance(outcome, CallOutcome):
             if job.sources is None and purpose != "summary":
                 job.sources = outcome.request.sources
+            elif purpose == "verify" and outcome.result is not None and job.sources is not None:
+                # A verifier of a narrowed draft retrieved afresh (_verifier_sources): what
+                # it was attached is valid for its answer too.
+                seen = {doc.doc_id for doc in job.sources}
+                fresh = [doc for doc in outcome.request.sources if doc.doc_id not in seen]
+                job.sources = (*job.sources, *fresh)
             result = outcome.result
             if result is not None and not outcome.shared:
                 emit.append(self._cost(job, purpose, result))
@@ -484,13 +580,14 @@ class AnswerPolicy:
 
     # --- hedging (replies.hedging) --------------------------------------------------
 
-    def _hedged(self, job: AnswerJob, step: Step) -> Step:
+    def _hedged(self, job: AnswerJob, step: Step, mode: HedgeMode | None = None) -> Step:
         """The first call of an unpinned, verifiable answer, plus the verifier without a
         draft: at once, or once the fast pass is slower than its latency quantile. The
-        budget gate reserved both calls; the first valid final wins (`_hedge_step`)."""
+        budget gate reserved both calls; the first valid final wins (`_hedge_step`).
+        `mode`: replies.verifier_first's `immediate`; None: replies.hedging's."""
         replies = self.governance.replies
         decision = job.dispatch.decision
-        mode = replies.hedging.mode(decision.channel)
+        mode = mode or replies.hedging.mode(decision.channel)
         verifier = replies.verifier_role
         tenant = self.governance.budgets.for_tenant(decision.tenant_id)
         if (
@@ -726,8 +823,14 @@ class AnswerPolicy:
     ) -> tuple[SourceDoc, ...] | None:
         """`replies.verifier_other_sources`: the articles the verifier must choose among
         (the draft's citations, the router intent's article) and the n best-ranked others,
-        in their attached order; None or unknown sources: all of them."""
+        in their attached order; None or unknown sources: all of them. A draft whose prompt
+        was narrowed to a sure intent's article (knowledge.intent_sure_min_confidence): None,
+        the gateway retrieves the full top_k for the verifier and trims it the same way."""
         others = self.governance.replies.verifier_other_sources
+        if decision.intent not in (None, "none") and self.governance.knowledge.narrows(
+            decision.role, decision.confidence
+        ):
+            return None
         if others is None or sources is None:
             return sources
         keep = set(_doc_ids(draft))
@@ -735,9 +838,7 @@ class AnswerPolicy:
             article = self.intent_article(decision.tenant_id, decision.intent or "")
             if article is not None:
                 keep.add(article)
-        kept = [doc for doc in sources if doc.doc_id in keep]
-        kept += [doc for doc in sources if doc.doc_id not in keep][:others]
-        return tuple(doc for doc in sources if doc in kept)
+        return verifier_subset(sources, keep, others)
 
     def _messages_for(
         self, role: ModelRole, dispatch: Dispatch, candidates: tuple[Candidate, ...]
@@ -759,6 +860,14 @@ class AnswerPolicy:
         emit: list[AnswerOutput],
     ) -> Step:
         replies = self.governance.replies
+        if result is None and job.direct:
+            # The verifier asked first failed: the job goes on as if nothing had been
+            # predicted (the routed role answers, and is verified if it must be).
+            job.direct = False
+            error, detail = _failure_of(outcome)
+            decision = job.dispatch.decision
+            log.info("verifier first for %s failed (%s: %s)", decision.event_id, error, detail)
+            return Step(emit=emit, calls=[self._call(job, "primary", decision.role)])
         if result is None:
             error, detail = _failure_of(outcome)
             check, name = "verification", "VerificationFailed"
@@ -985,6 +1094,7 @@ class AnswerPolicy:
             candidates=candidates,
             timeout_s=timeout,
             intent=None if decision.tier == "trivial" else self.attach_intent(decision),
+            intent_confidence=decision.confidence,
         )
         return purpose, spec
 
@@ -1169,6 +1279,18 @@ class AnswerPolicy:
     def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:
         seconds = max(0.0, self.clock() - job.dispatch.dispatched_at)
         return [ReplyTiming(reply.kind, reply.route, seconds)]
+
+
+def _local_role(governance: GovernanceConfig, role: ModelRole) -> bool:
+    """Whether the provider registry gives `role` to the local fleet (providers/registry.py,
+    `remote_settings`, with this process's environment)."""
+    config = governance.roles.get(role)
+    if config is None:
+        return False
+    try:
+        return remote_settings(role, config, os.environ, governance.providers.mode) is None
+    except ConfigError:  # remote mode without the key: the registry refuses to start
+        return False
 
 
 def _customer_ids(dispatch: Dispatch) -> frozenset[str]:

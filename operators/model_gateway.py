@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from splitpin.operators.answering import CallOutcome, CallSpec
+from splitpin.operators.answering import CallOutcome, CallSpec, verifier_subset
 from splitpin.providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
 from splitpin.providers.prompting import quoted_request, source_tokens
 from splitpin.schemas.governance import GovernanceConfig
@@ -87,10 +87,16 @@ class ModelGateway:
         """The request as sent. Sources only ever come from splitpin's retriever (or an
         earlier call's, kept on the job); the customer's words reach the model neutralised,
         whatever the provider. Both cost CPU (embedding, Unicode folding): in a thread."""
-        sources = spec.sources if spec.sources is not None else self._retrieve(spec)
+        sources = spec.sources if spec.sources is not None else self.sources_for(spec)
         return quoted_request(spec.request(sources))
 
-    def _retrieve(self, spec: CallSpec) -> tuple[SourceDoc, ...]:
+    def sources_for(self, spec: CallSpec) -> tuple[SourceDoc, ...]:
+        """The sources a call without them gets: the search for the question (and its
+        recent turns), the router's article first, capped and within the token budget.
+        A role of knowledge.intent_sure_roles whose intent clears
+        knowledge.intent_sure_min_confidence gets top_k_when_intent_sure (the article
+        first); a verifier reading drafts, replies.verifier_other_sources' trim.
+        `splitpin router calibrate` fits on the prompts this builds."""
         knowledge = self.governance.knowledge
         kb = knowledge.kb_for(spec.tenant_id)
         rankings = [
@@ -101,10 +107,24 @@ class ModelGateway:
         budget = min(context.sources_max_tokens, context.system_prompt_tokens)
         encoding = self.governance.roles[spec.role].tokenizer
         found = merge_sources(rankings, knowledge.top_k)
+        article = None if spec.intent is None else self.retriever.intent_source(kb, spec.intent)
         if spec.intent is not None:
             cap = knowledge.top_k + 2 if len(rankings) > 1 else knowledge.top_k
-            found = with_intent_article(self.retriever.intent_source(kb, spec.intent), found, cap)
+            sure = getattr(spec, "intent_confidence", None)  # older snapshots lack the slot
+            if article is not None and knowledge.narrows(spec.role, sure):
+                cap = knowledge.top_k_when_intent_sure
+            found = with_intent_article(article, found, cap)
+        others = self.governance.replies.verifier_other_sources
+        if spec.candidates and others is not None:
+            # A verifier of a narrowed draft (AnswerPolicy._verifier_sources): the same
+            # trim as for one that reads the draft's sources.
+            keep = {doc_id for c in spec.candidates for doc_id in c.doc_ids}
+            if article is not None:
+                keep.add(article.doc_id)
+            found = verifier_subset(found, keep, others)
         return within_budget(found, budget, encoding)
+
+    _retrieve = sources_for  # the name bench/heldout_citations.py and older tests use
 
     def judges(self, tenant_id: str) -> bool:
         """Whether the tenant's KB is keyed by the router's intents, so the router's

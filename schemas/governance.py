@@ -403,6 +403,35 @@ class HedgingConfig(_Frozen):
         return self.email if channel == "email" else self.chat
 
 
+class VerifierFirstConfig(_Frozen):
+    """Predicted verification: a fast answer that cannot clear `verify_min_probability`
+    whatever it says (the router is too unsure of the intent for the calibration's
+    agreement map to reach the bound) is not waited for; the verifier is asked at once."""
+
+    mode: Literal["off", "direct", "hedge"] = Field(
+        default="off",
+        description="off: always the fast pass first; direct: the verifier answers alone "
+        "(no fast call, final and verified); hedge: fast pass and verifier at once, the first "
+        "valid final wins (replies.hedging's `immediate`, whatever its off-switch says).",
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Predicted when even the best fast answer (citing the router intent's "
+        "article at full confidence) would be judged less likely right than "
+        "verify_min_probability + margin. 0: only answers that cannot clear the bound; "
+        "more: also those that rarely do. Fit on the calibration half (bench/incident.py "
+        "--rows calibration, bench/README.md).",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML 1.1 reads a bare `off` as false: take it as the off value it was."""
+        return "off" if value is False else value
+
+
 class RepliesConfig(_Frozen):
     """Two-phase replies: when a fast answer goes out, and what happens when checks fail."""
 
@@ -508,6 +537,10 @@ class RepliesConfig(_Frozen):
         "local fast answer, also the router's intent probability and whether the answer "
         "cites that intent's article (the calibration's agreement map, docs/calibration.md).",
     )
+    verifier_first: VerifierFirstConfig = Field(
+        default_factory=VerifierFirstConfig,
+        description="Skip waiting for a fast answer predicted to need the verifier anyway.",
+    )
 
 
 class AccountingConfig(_Frozen):
@@ -556,6 +589,46 @@ class KnowledgeConfig(_Frozen):
         "intent_min_confidence: attaching one more candidate costs little (the verifier "
         "still chooses), telling a customer their intent is not covered costs a reply.",
     )
+    intent_sure_min_confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="At or above this router intent confidence a call of intent_sure_roles "
+        "carries the intent's article and only top_k_when_intent_sure - 1 searched ones: "
+        "fewer distractors and a shorter prompt for the cheap role. A verifier checking such "
+        "a draft retrieves the full top_k again. None: every call gets top_k.",
+    )
+    top_k_when_intent_sure: int = Field(
+        default=1, ge=1, le=20, description="Articles attached when the intent is sure."
+    )
+    intent_sure_roles: tuple[ModelRole, ...] = Field(
+        default=("fast",), description="Roles whose prompt is narrowed when the intent is sure."
+    )
+
+    @model_validator(mode="after")
+    def _sure_implies_attached(self) -> Self:
+        sure = self.intent_sure_min_confidence
+        if sure is not None and sure < self.intent_attach_min_confidence:
+            msg = (
+                f"intent_sure_min_confidence {sure} is below intent_attach_min_confidence "
+                f"{self.intent_attach_min_confidence}: a narrowed prompt must carry the article"
+            )
+            raise ValueError(msg)
+        if self.top_k_when_intent_sure > self.top_k:
+            msg = f"top_k_when_intent_sure {self.top_k_when_intent_sure} exceeds top_k {self.top_k}"
+            raise ValueError(msg)
+        return self
+
+    def narrows(self, role: ModelRole, intent_confidence: float | None) -> bool:
+        """Whether a call of `role`, whose router intent has this confidence (None: no
+        intent attached), carries only top_k_when_intent_sure articles."""
+        sure = self.intent_sure_min_confidence
+        return (
+            sure is not None
+            and intent_confidence is not None
+            and intent_confidence >= sure
+            and role in self.intent_sure_roles
+        )
 
     @field_validator("bases", mode="after")
     @classmethod

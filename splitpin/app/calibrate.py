@@ -13,9 +13,11 @@ only measures:
 * the router's intent head (banking77 halves) and domain head (CLINC150 halves) each get
   the temperature minimising the negative log-likelihood;
 * the agreement map (format 2): the fast responder answers each routine row (not pinned as
-  compliance, not small talk) as in the flow, with the router's confident intent's article
-  attached first, and P(right | fast probability, router intent probability, cites the
-  router intent's article) is fitted in the form cross-validation prefers.
+  compliance, not small talk) on the sources the flow's gateway builds (the router's
+  confident intent's article first; that article and top_k_when_intent_sure - 1 others
+  when the intent is sure, knowledge.intent_sure_min_confidence), and P(right | fast
+  probability, router intent probability, cites the router intent's article) is fitted in
+  the form cross-validation prefers.
 
 Writes `calibration.json` beside the heads (with the sha256 of every input, the command,
 and the evaluation-half figures) and, with `--plot`, a reliability diagram.
@@ -47,8 +49,9 @@ from splitpin.core.router.heads import (
     softmax,
 )
 from splitpin.core.router.train import load_training_data
-from splitpin.operators.model_gateway import with_intent_article
-from splitpin.providers.base import Candidate, Message, ModelRequest, SourceDoc
+from splitpin.operators.answering import CallSpec
+from splitpin.operators.model_gateway import ModelGateway
+from splitpin.providers.base import Candidate, Message, ModelRequest, ModelResult, SourceDoc
 from splitpin.providers.calibration import (
     CALIBRATION_FILE,
     CALIBRATION_FORMAT,
@@ -170,16 +173,45 @@ class AgreementSample:
     correct: npt.NDArray[np.float64]
 
 
+class _NoCalls:
+    """The gateway builds prompts here; the responders are called directly."""
+
+    async def complete(self, request: ModelRequest) -> ModelResult:
+        raise AssertionError("calibration makes no provider call through the gateway")
+
+
+def fast_pass_sources(
+    gateway: ModelGateway, text: str, intent: str, intent_confidence: float
+) -> tuple[SourceDoc, ...]:
+    """The fast pass's sources for a one-question conversation, built by the flow's own
+    gateway: the router's article first when its intent clears
+    knowledge.intent_attach_min_confidence, only knowledge.top_k_when_intent_sure when it
+    clears knowledge.intent_sure_min_confidence (AnswerPolicy.attach_intent, `_call`)."""
+    bound = gateway.governance.knowledge.intent_attach_min_confidence
+    attached = intent if intent != "none" and intent_confidence >= bound else None
+    spec = CallSpec(
+        purpose="primary",
+        request_id="calibration:primary",
+        role="fast",
+        tenant_id=TENANT,
+        messages=(Message(role="user", content=text),),
+        summary="",
+        max_tokens=MAX_TOKENS,
+        sources=None,
+        intent=attached,
+        intent_confidence=intent_confidence,
+    )
+    return gateway.sources_for(spec)
+
+
 def _agreement_samples(
     fleet: LocalFleet, classifier: Classifier, rows: Sequence[tuple[str, str]], prefix: str
 ) -> AgreementSample:
-    """The fast pass as the flow makes it (operators/model_gateway.py): the router's intent
-    (when it clears knowledge.intent_attach_min_confidence) puts its article first among the
-    retrieved ones. Rows the router pins (compliance) or settles as small talk are left out:
-    the verification policy never sees them."""
+    """The fast pass as the flow makes it (`fast_pass_sources`). Rows the router pins
+    (compliance) or settles as small talk are left out: the verification policy never
+    sees them."""
     kb = fleet.bases[KB_NAME]
-    top_k = fleet.governance.knowledge.top_k
-    bound = fleet.governance.knowledge.intent_attach_min_confidence
+    gateway = ModelGateway(fleet.governance, _NoCalls(), fleet.retriever)
     fast = FastResponder("fast", fleet.governance.roles["fast"], fleet)
     classes = classifier.classify_batch([text for text, _ in rows])
     out: tuple[list[float], list[float], list[bool], list[float]] = ([], [], [], [])
@@ -188,12 +220,7 @@ def _agreement_samples(
         if gold is None or found.compliance or found.trivial:
             continue
         router_article = kb.article_for_intent(found.intent)
-        confident = router_article is not None and found.intent_confidence >= bound
-        sources = with_intent_article(
-            router_article.as_source(1.0) if confident and router_article else None,
-            fleet.retriever.retrieve(KB_NAME, text, top_k),
-            top_k,
-        )
+        sources = fast_pass_sources(gateway, text, found.intent, found.intent_confidence)
         result, _ = fast.respond(_fast_request(f"{prefix}-{i}", text, sources))
         cited = result.citations[0].doc_id if result.citations else None
         out[0].append(float(result.confidence or 0.0))

@@ -190,10 +190,12 @@ def truncated(text: str, max_tokens: int, encoding_name: str) -> tuple[str, int]
 
 
 def prompt_tokens(request: ModelRequest, system_prompt: str, encoding_name: str) -> int:
-    """What a remote model would be sent: system text, summary, turns, attached sources."""
+    """What a remote model would be sent: system text, summary, turns, attached sources,
+    and the drafts a verifier reads (billed as input like the rest)."""
     parts = [system_prompt, request.summary]
     parts.extend(m.content for m in request.messages)
     parts.extend(f"{s.title}\n{s.text}" for s in request.sources)
+    parts.extend(c.text for c in request.candidates)
     return sum(count_tokens(p, encoding_name) for p in parts if p)
 
 

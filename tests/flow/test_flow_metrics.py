@@ -36,11 +36,12 @@ def test_counters_follow_outputs(classifier: Classifier) -> None:
     run_main(build_flow(settings, inputs=inputs, sink=TestingSink(out), classifier=classifier))
 
     topics = sorted(record.topic.removeprefix("metrics.") for record in out)
-    # m-0 (chat): decision, 2 calls, preliminary + final; n-0 (pinned): decision, 1 call,
-    # final; the dead letter; one windowed cost per (tenant, model, minute).
+    # m-0 (chat; the router is unsure, so the verifier answers it alone: replies.verifier_first):
+    # decision, 1 call, final; n-0 (pinned): decision, 1 call, final; the dead letter; one
+    # windowed cost per (tenant, model, minute).
     assert topics.count("routing.decisions") == 2
-    assert topics.count("conversations.replies") == 3
-    assert topics.count("routing.metrics") == 3
+    assert topics.count("conversations.replies") == 2
+    assert topics.count("routing.metrics") == 2
     assert topics.count("conversations.dead-letter") == 1
     fast = _value("splitpin_routing_decisions_total", role="fast", tier="bounded")
     compliance = _value("splitpin_routing_decisions_total", role="compliance", tier="bounded")
