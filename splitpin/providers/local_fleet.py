@@ -63,7 +63,7 @@ from splitpin.providers.knowledge_base import (
     content_words,
     rank,
 )
-from splitpin.providers.prompting import STATIC_TOKENS_MEMO, quoted_request
+from splitpin.providers.prompting import STATIC_TOKENS_MEMO, quoted_request, sent_tokens
 from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import GovernanceConfig, RoleConfig
 from splitpin.schemas.replies import Citation
@@ -101,19 +101,6 @@ W_CAND = 0.1
 
 LONG_CONTEXT_WEIGHTS = (1.0, 0.5, 0.25)
 """Query = last user turn, the two before it (together), the summary."""
-
-SYSTEM_PROMPTS: dict[str, str] = {
-    "fast": "Answer the customer's last message from the attached knowledge-base "
-    "articles. Cite the article you use.",
-    "verifier": "Check the candidate answers against the attached knowledge-base articles "
-    "and the recent conversation. Answer from the best-supported article and cite it; "
-    "never cite an article that is not attached.",
-    "long-context": "Answer the customer's latest message in the light of the whole "
-    "conversation and its summary, from the attached knowledge-base articles. Cite the "
-    "article you use.",
-    "summarizer": "Summarise the conversation turns below for a support agent who did not "
-    "see them; when space runs out, keep the newest.",
-}
 
 
 # --- Pure logic ----------------------------------------------------------------------
@@ -187,16 +174,6 @@ def truncated(text: str, max_tokens: int, encoding_name: str) -> tuple[str, int]
         return text, len(tokens)
     cut = enc.decode(tokens[:max_tokens])
     return cut, count_tokens(cut, encoding_name)
-
-
-def prompt_tokens(request: ModelRequest, system_prompt: str, encoding_name: str) -> int:
-    """What a remote model would be sent: system text, summary, turns, attached sources,
-    and the drafts a verifier reads (billed as input like the rest)."""
-    parts = [system_prompt, request.summary]
-    parts.extend(m.content for m in request.messages)
-    parts.extend(f"{s.title}\n{s.text}" for s in request.sources)
-    parts.extend(c.text for c in request.candidates)
-    return sum(count_tokens(p, encoding_name) for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -365,10 +342,6 @@ class LocalResponder:
         self.config = config
         self.fleet = fleet
 
-    @property
-    def system_prompt(self) -> str:
-        return SYSTEM_PROMPTS[self.responder]
-
     async def complete(self, request: ModelRequest) -> ModelResult:
         start = time.perf_counter()
         answer, usage = await asyncio.to_thread(self.respond, request)
@@ -403,7 +376,7 @@ class LocalResponder:
         own text, never a block the customer pasted under a source's label."""
         request = quoted_request(request)
         enc = self.config.tokenizer
-        tokens_in = prompt_tokens(request, self.system_prompt, enc)
+        tokens_in = sent_tokens(request, enc)  # what a remote model would read
         max_out = min(request.max_tokens, self.config.max_output_tokens)
         if tokens_in + max_out > self.config.context_window:
             msg = (

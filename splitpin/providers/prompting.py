@@ -268,6 +268,28 @@ def system_prompt(request: ModelRequest) -> str:
     return "\n\n".join(parts)
 
 
+def sent_tokens(request: ModelRequest, encoding_name: str) -> int:
+    """The input tokens a remote model is sent for `request`: `system_prompt` and the
+    `conversation` turns, counted part by part (instructions, each source, each turn) so
+    the parts every call repeats are remembered. The separators that join the parts and a
+    vendor's per-message framing are left out: the count is short by a few tokens. What
+    the local fleet bills, so an emulated cost is the cost of the prompt a remote model
+    would read, not of the fleet's own shorter one."""
+    if request.role == "summarizer":
+        system = count_tokens(SUMMARIZE_INSTRUCTIONS, encoding_name)
+    else:
+        system = count_tokens(INSTRUCTIONS, encoding_name)
+        if request.sources:
+            system += count_tokens("Sources:", encoding_name)
+            system += sum(source_tokens(doc, encoding_name) for doc in request.sources)
+        else:
+            system += count_tokens(NO_SOURCES, encoding_name)
+        if request.candidates:
+            system += count_tokens(VERIFY_INSTRUCTIONS, encoding_name)
+    turns = conversation(request)
+    return system + sum(count_tokens(turn.content, encoding_name) for turn in turns)
+
+
 def conversation(request: ModelRequest) -> list[Message]:
     """The turns to send, user and assistant only, opening with the user, same-role turns
     merged (both APIs want that), every word of them neutralised.
