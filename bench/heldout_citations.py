@@ -209,7 +209,7 @@ def replay(governance: GovernanceConfig, fleet: LocalFleet, traffic: Traffic) ->
             None,
             intent=intent,
         )
-        sources = gateway._retrieve(spec)
+        sources = gateway.sources_for(spec)
         attached = tuple(str(intent_of.get(s.doc_id)) for s in sources)
         request = spec.request(sources)
         fast_intent, fast_conf = None, 0.0

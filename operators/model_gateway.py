@@ -124,8 +124,6 @@ class ModelGateway:
             found = verifier_subset(found, keep, others)
         return within_budget(found, budget, encoding)
 
-    _retrieve = sources_for  # the name bench/heldout_citations.py and older tests use
-
     def judges(self, tenant_id: str) -> bool:
         """Whether the tenant's KB is keyed by the router's intents, so the router's
         out-of-scope and coverage verdicts speak about it."""
