@@ -49,6 +49,13 @@ def train_command(
             help="Refit calibration.json for the new heads (the old one no longer loads).",
         ),
     ] = True,
+    neighbour_vote: Annotated[
+        bool,
+        typer.Option(
+            help="Mix the intent head with a vote of its 10 nearest training rows "
+            "(not in the shipped heads; docs/local_fleet.md)."
+        ),
+    ] = False,
 ) -> None:
     """Fit the heads on banking77 and CLINC150 (validation splits only for selection)."""
     from splitpin.core.router.classifier import resolve_artifacts_dir
@@ -67,6 +74,7 @@ def train_command(
             cache_dir=cache_dir,
             progress=progress,
             echo=typer.echo,
+            neighbour_vote=neighbour_vote,
         )
     except SplitpinError as exc:
         raise fail(exc) from exc

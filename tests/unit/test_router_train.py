@@ -7,10 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splitpin.core.router.classifier import Classifier
-from splitpin.core.router.train import stratified_split, train
+from splitpin.core.router.heads import read_bundle
+from splitpin.core.router.train import KNN_K, KNN_WEIGHT, stratified_split, train
 from splitpin.schemas.governance import ClassifierConfig, RoutingConfig
 
 BANKING = {
@@ -165,6 +167,53 @@ def test_trained_artifacts_classify(trained: tuple[Path, Path, list[str]]) -> No
     c = classifier.classify("help, somebody stole my bank card")
     assert c.intent == "lost_or_stolen_card" and c.compliance
     assert classifier.classify("when is my card going to arrive").intent == "card_arrival"
+
+
+def test_the_shipped_recipe_has_no_neighbour_vote(trained: tuple[Path, Path, list[str]]) -> None:
+    _, root, _ = trained
+    bundle = read_bundle(root / "out")
+    assert bundle.intent.neighbours is None
+    assert bundle.manifest["hyperparameters"]["intent_neighbour_vote"] is None
+
+
+def test_intent_head_carries_its_neighbour_vote_chosen_without_held_out_rows(
+    trained: tuple[Path, Path, list[str]],
+) -> None:
+    data, root, _ = trained
+    train(
+        data,
+        root / "voting",
+        classifier=ClassifierConfig(),
+        routing=RoutingConfig(compliance_intents=("lost_or_stolen_card",)),
+        command="splitpin router train --neighbour-vote --test",
+        cache_dir=root / "cache",
+        progress=False,
+        neighbour_vote=True,
+    )
+    bundle = read_bundle(root / "voting")
+    vote = bundle.intent.neighbours
+    assert vote is not None and bundle.intent.neighbour_weight == KNN_WEIGHT
+    assert vote.k == KNN_K and len(vote.labels) == len(_train_rows())  # every training row
+    assert bundle.domain.neighbours is None
+    hyper = bundle.manifest["hyperparameters"]
+    assert "held-out" not in hyper["intent"]["selection"].split(";")[0]
+    assert "CV" in hyper["intent_neighbour_vote"]["selection"]
+    # A training row's own phrasing is its nearest neighbour: the vote names its intent.
+    label = {name: i for i, name in enumerate(bundle.intent.labels)}
+    embedder = Classifier.load(
+        ClassifierConfig(artifacts_dir=root / "voting"),
+        RoutingConfig(compliance_intents=("lost_or_stolen_card",)),
+    ).embedder
+    text, intent = _train_rows()[0]
+    p = vote.proba(embedder.embed([text])[0], len(label))
+    assert int(np.argmax(p)) == label[intent]
+
+
+def _train_rows() -> list[tuple[str, str]]:
+    """The rows the fixture's split trains on (as train.py splits them)."""
+    pairs = [(t, label) for label, texts in BANKING.items() for t in texts]
+    train_idx, _ = stratified_split([label for _, label in pairs], 0.1, seed=0)
+    return [pairs[i] for i in train_idx]
 
 
 def test_retraining_hits_the_cache_and_is_byte_identical(

@@ -142,20 +142,68 @@ class TextFeaturizer:
 
 
 @dataclass(frozen=True, slots=True)
+class NeighbourVote:
+    """A cosine k-nearest-neighbour vote over the training rows' embeddings.
+
+    Why: a linear head draws one boundary per intent; a neighbour vote remembers the
+    individual phrasings ("card swallowed" said ten ways), and the two err on different
+    rows. 5-fold CV on the banking77 training rows (bench/router_cv.py): mixing 0.3 of this
+    vote into the linear head lifts accuracy 92.3 -> 92.8 % (as email: 90.8 -> 91.6 %).
+    The rows are stored PCA-projected to `dims` and int8 (the artifacts stay small); the
+    query is projected alike. Ties in similarity go to the earlier row (stable sort)."""
+
+    mean: FloatArray  # (384,) centre of the training embeddings
+    projection: FloatArray  # (384, d)
+    vectors: FloatArray  # (N, d) unit rows: `codes` x `scale`, re-normalised
+    labels: npt.NDArray[np.intp]  # (N,) column of each row's label in the head
+    k: int
+    temperature: float
+    codes: npt.NDArray[np.int8]  # (N, d) what the artifact stores
+    scale: FloatArray  # (d,)
+
+    def proba(self, embedding: FloatArray, n_classes: int) -> npt.NDArray[np.float64]:
+        """Similarity-weighted vote of the k nearest rows: softmax of (cosine / temperature)
+        over the neighbours, summed per label. Depends on this embedding only."""
+        query = (np.asarray(embedding, dtype=np.float32) - self.mean) @ self.projection
+        query = query / max(float(np.sqrt(np.dot(query, query))), 1e-12)
+        sims = (self.vectors @ query).astype(np.float64)
+        k = min(self.k, sims.size)
+        # The k best in a stable order (ties to the earlier row) without sorting them all:
+        # every row at least as similar as the k-th best, in row order, then sorted.
+        kth = np.partition(sims, sims.size - k)[sims.size - k]
+        near = np.flatnonzero(sims >= kth)
+        order = near[np.argsort(-sims[near], kind="stable")][:k]
+        top = sims[order]
+        weights = np.exp((top - top[0]) / self.temperature)
+        out = np.zeros(n_classes, dtype=np.float64)
+        np.add.at(out, self.labels[order], weights)
+        return np.asarray(out / out.sum(), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
 class LinearHead:
-    """Multinomial logistic regression: softmax(b + e @ W_emb + tfidf @ W_txt)."""
+    """Multinomial logistic regression: softmax(b + e @ W_emb + tfidf @ W_txt), optionally
+    mixed with a neighbour vote: (1 - a) x that + a x vote, a = `neighbour_weight`."""
 
     labels: tuple[str, ...]
     w_emb: FloatArray  # (384, K)
     w_txt: FloatArray  # (V, K), already scaled by the text-feature weight used in training
     bias: FloatArray  # (K,)
+    neighbours: NeighbourVote | None = None
+    neighbour_weight: float = 0.0
 
     def logits(self, embedding: FloatArray, row: SparseRow) -> npt.NDArray[np.float64]:
-        """The pre-softmax scores for one text (what temperature scaling divides)."""
+        """The pre-softmax scores for one text (what temperature scaling divides); with a
+        neighbour vote, the log of the mixed probabilities (softmax gives them back)."""
         logits = self.bias + embedding @ self.w_emb
         if row.indices.size:
             logits = logits + row.values @ self.w_txt[row.indices]
-        return np.asarray(logits, dtype=np.float64)
+        linear = np.asarray(logits, dtype=np.float64)
+        if self.neighbours is None or self.neighbour_weight <= 0.0:
+            return linear
+        a = self.neighbour_weight
+        mixed = (1.0 - a) * softmax(linear) + a * self.neighbours.proba(embedding, len(self.labels))
+        return np.log(np.maximum(mixed, 1e-300))
 
     def proba(
         self, embedding: FloatArray, row: SparseRow, temperature: float = 1.0
@@ -325,12 +373,62 @@ class HeadBundle:
 
 def _head_arrays(prefix: str, head: LinearHead) -> dict[str, np.ndarray[Any, Any]]:
     q, scale = quantize_int8(head.w_txt)
-    return {
+    arrays: dict[str, np.ndarray[Any, Any]] = {
         f"{prefix}_w_emb": head.w_emb.astype(np.float16),
         f"{prefix}_w_txt_q": q,
         f"{prefix}_w_txt_scale": scale,
         f"{prefix}_bias": head.bias.astype(np.float32),
     }
+    vote = head.neighbours
+    if vote is not None:
+        arrays |= {
+            f"{prefix}_knn_mean": vote.mean.astype(np.float32),
+            f"{prefix}_knn_projection": vote.projection.astype(np.float16),
+            f"{prefix}_knn_vectors_q": vote.codes,
+            f"{prefix}_knn_vectors_scale": vote.scale.astype(np.float32),
+            f"{prefix}_knn_labels": vote.labels.astype(np.int16),
+            f"{prefix}_knn_params": np.array(
+                [vote.k, vote.temperature, head.neighbour_weight], dtype=np.float64
+            ),
+        }
+    return arrays
+
+
+def neighbour_vote(
+    embeddings: npt.NDArray[np.float32],
+    label_columns: npt.ArrayLike,
+    *,
+    dims: int,
+    k: int,
+    temperature: float,
+) -> NeighbourVote:
+    """The vote as it will be loaded: PCA of the rows (numpy SVD) to `dims`, int8 rows
+    re-normalised, so training measures exactly what the runtime computes."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    # C order, as the artifact loads it: BLAS rounds differently by layout.
+    projection = np.ascontiguousarray(vt[:dims].T.astype(np.float16).astype(np.float32))
+    mean32 = mean.astype(np.float32)
+    q, scale = quantize_int8((x.astype(np.float32) - mean32) @ projection)
+    return _vote(
+        mean32, projection, q, scale, np.asarray(label_columns, dtype=np.intp), k, temperature
+    )
+
+
+def _vote(
+    mean: FloatArray,
+    projection: FloatArray,
+    q: npt.NDArray[np.int8],
+    scale: FloatArray,
+    labels: npt.NDArray[np.intp],
+    k: int,
+    temperature: float,
+) -> NeighbourVote:
+    vectors = dequantize_int8(q, scale)
+    norms = np.sqrt((vectors * vectors).sum(axis=1, keepdims=True))
+    vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return NeighbourVote(mean, projection, vectors, labels, k, temperature, q, scale)
 
 
 def _head_from(arrays: dict[str, Any], prefix: str, labels: tuple[str, ...]) -> LinearHead:
@@ -341,7 +439,23 @@ def _head_from(arrays: dict[str, Any], prefix: str, labels: tuple[str, ...]) -> 
     if w_emb.shape[1] != k or w_txt.shape[1] != k or bias.shape != (k,):
         msg = f"{HEADS_FILE}: head {prefix!r} shapes do not match its {k} labels"
         raise ConfigError(msg)
-    return LinearHead(labels=labels, w_emb=w_emb, w_txt=w_txt, bias=bias)
+    if f"{prefix}_knn_vectors_q" not in arrays:
+        return LinearHead(labels=labels, w_emb=w_emb, w_txt=w_txt, bias=bias)
+    n_neighbours, temperature, weight = (float(x) for x in arrays[f"{prefix}_knn_params"])
+    columns = np.asarray(arrays[f"{prefix}_knn_labels"], dtype=np.intp)
+    if columns.size and (columns.min() < 0 or columns.max() >= k):
+        msg = f"{HEADS_FILE}: head {prefix!r} neighbour labels outside its {k} labels"
+        raise ConfigError(msg)
+    vote = _vote(
+        np.asarray(arrays[f"{prefix}_knn_mean"], dtype=np.float32),
+        np.asarray(arrays[f"{prefix}_knn_projection"], dtype=np.float32),
+        arrays[f"{prefix}_knn_vectors_q"],
+        np.asarray(arrays[f"{prefix}_knn_vectors_scale"], dtype=np.float32),
+        columns,
+        int(n_neighbours),
+        temperature,
+    )
+    return LinearHead(labels, w_emb, w_txt, bias, neighbours=vote, neighbour_weight=weight)
 
 
 def write_bundle(
