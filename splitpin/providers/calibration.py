@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from splitpin.core.router.classifier import resolve_artifacts_dir
 from splitpin.core.router.heads import MANIFEST, sha256_file
+from splitpin.core.stats import interp
 from splitpin.errors import ConfigError
 from splitpin.schemas.governance import ClassifierConfig
 
@@ -129,7 +130,8 @@ class IsotonicMap:
         return cls(x, y)
 
     def __call__(self, raw: float) -> float:
-        return round(float(np.interp(raw, self.x, self.y)), PROBABILITY_DECIMALS)
+        # `interp` is np.interp for one point (the same double) without building arrays.
+        return round(interp(float(raw), self.x, self.y), PROBABILITY_DECIMALS)
 
     def apply(self, raw: npt.ArrayLike) -> npt.NDArray[np.float64]:
         return np.asarray(np.interp(np.asarray(raw, dtype=np.float64), self.x, self.y))
@@ -197,7 +199,13 @@ class AgreementMap:
         )
 
     def __call__(self, fast: float, router: float, agree: bool) -> float:
-        value = float(self.apply(np.array([fast]), np.array([router]), np.array([agree]))[0])
+        f, r = float(fast), float(router)
+        if self.score == "logistic" or f != f or r != r:
+            value = float(self.apply(np.array([f]), np.array([r]), np.array([agree]))[0])
+        else:  # `apply` for one point, in plain floats (the same doubles, no arrays)
+            s = f * r if self.score == "product" else min(f, r) if self.score == "min" else r
+            fitted = self.strata["agree" if agree else "disagree"]
+            value = interp(s, fitted.x, fitted.y)
         return round(value, PROBABILITY_DECIMALS)
 
     def to_json(self) -> dict[str, Any]:
