@@ -439,8 +439,10 @@ def time_flow_until_eof(
     expected: int,
     desc: str,
     profile: tuple[Profiling, str] | None = None,
+    extra: Sequence[str] = (),
 ) -> Timing:
-    """Start-to-exit time of `splitpin run --until-eof`, CPU from the reaped child's rusage.
+    """Start-to-exit time of `splitpin run --until-eof` (plus `extra` options, e.g.
+    `--workers 2`), CPU from the reaped child's rusage.
 
     A side thread turns the decisions topic's watermarks into a progress bar, so the main
     thread can block in `wait()` and note the exit time exactly.
@@ -448,7 +450,7 @@ def time_flow_until_eof(
     before = children_cpu_s()
     with topic_progress(counter, settings.topic("decisions"), expected, desc):
         started = time.perf_counter()
-        process = start_flow(settings, log_path, "--until-eof", profile=profile)
+        process = start_flow(settings, log_path, "--until-eof", *extra, profile=profile)
         try:
             returncode = process.wait(timeout=STALL_TIMEOUT_S + expected / 50)
         except subprocess.TimeoutExpired as exc:

@@ -255,6 +255,7 @@ def run_tree(
     workdir: Path,
     profile: Path | None = None,
     profile_gil: bool = False,
+    flow_args: Sequence[str] = (),
 ) -> RunResult:
     """Start-up on an empty topic, then the whole workload, on one tree."""
     root = REPO_ROOT if pythonpath is None else pythonpath
@@ -278,7 +279,9 @@ def run_tree(
     counter = TopicCounter(run)
     try:
         with tree(pythonpath):
-            startup = time_flow_until_eof(empty, log, counter, 0, f"start-up {name}")
+            startup = time_flow_until_eof(
+                empty, log, counter, 0, f"start-up {name}", extra=flow_args
+            )
         publish(run, events)
         wanted = {e.event_id for e in events}
         watcher = FinalWatcher(run, run.topic("replies"), wanted)
@@ -288,7 +291,7 @@ def run_tree(
         try:
             with tree(pythonpath):
                 started = time.time()
-                process = start_flow(run, log)
+                process = start_flow(run, log, *flow_args)
             if profile is not None:
                 out = profile.with_name(f"{profile.name}.{name}")
                 spy = start_profiler(process.pid, out, gil=profile_gil)
@@ -466,8 +469,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-gil", action="store_true", help="with --profile: sample only the GIL holder"
     )
+    parser.add_argument(
+        "--flow-args",
+        default="",
+        metavar="ARGS",
+        help="extra `splitpin run` options for every tree, e.g. '--workers 2'",
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON object line")
     args = parser.parse_args(argv)
+    args.flow_args = shlex.split(args.flow_args)
     if args.events < 1:
         parser.error("--events must be positive")
     if (
@@ -504,7 +514,16 @@ def run(args: argparse.Namespace, rows: Sequence[HeldOut]) -> dict[str, Any]:
         try:
             for name, path in trees:
                 results.append(
-                    run_tree(settings, name, path, events, workdir, args.profile, args.profile_gil)
+                    run_tree(
+                        settings,
+                        name,
+                        path,
+                        events,
+                        workdir,
+                        args.profile,
+                        args.profile_gil,
+                        args.flow_args,
+                    )
                 )
         except BaseException:
             print(f"flow logs kept in {workdir}", file=sys.stderr)
