@@ -352,7 +352,10 @@ class AnswerPolicy:
         if predicted == "direct":
             direct = self._direct(job)
             if direct is not None:
+                metrics.count(metrics.VERIFICATION_PATHS, "direct")
                 return direct
+        elif predicted == "hedge":
+            metrics.count(metrics.VERIFICATION_PATHS, "hedge")
         step = Step(calls=[self._call(job, purpose, decision.role)])
         return self._hedged(job, step, "immediate" if predicted == "hedge" else None)
 
@@ -757,6 +760,8 @@ class AnswerPolicy:
         choice = verification_choice(
             replies, decision.event_id, job.probability, pinned=decision.pinned
         )
+        if not decision.pinned:
+            metrics.count(metrics.VERIFICATION_PATHS, choice)
         if choice == "skip":  # confident enough for the risk target: final as it stands
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             emit += [final, *self._timing(job, final)]

@@ -121,6 +121,15 @@ REPLY_SECONDS = Histogram(
     ["kind", "route"],
     buckets=CALL_BUCKETS,
 )
+VERIFICATION_PATHS = Counter(
+    "splitpin_verification_paths_total",
+    "How unpinned answers met the verifier: skip (a fast answer final unverified, its "
+    "calibrated probability clearing replies.verify_min_probability), audit (verified "
+    "although it cleared it), verify (verified: below the bound or unknown), direct "
+    "(replies.verifier_first: the verifier answered alone, no fast call), hedge "
+    "(replies.verifier_first: the verifier raced the fast pass from the start).",
+    ["path"],
+)
 HEDGES = Counter(
     "splitpin_hedged_calls_total",
     "Hedged verifications: started (the verifier ran without waiting for the fast pass), "

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from splitpin.operators.answering import (
     AnswerOutput,
@@ -330,3 +331,51 @@ def test_the_gate_reserved_the_direct_call_and_releases_the_fast_one() -> None:
     assert not ledger.reservations  # primary, re-route and re-plan slots released
     window = ledger.spend(gate._roll(ledger))
     assert window.reserved == 0 and window.committed == round(record.cost_usd * 1e9)
+
+
+# --- the metric ---------------------------------------------------------------------------
+
+PATHS = ("skip", "verify", "audit", "direct", "hedge")
+
+
+def _paths() -> dict[str, float]:
+    return {
+        p: REGISTRY.get_sample_value("splitpin_verification_paths_total", {"path": p}) or 0.0
+        for p in PATHS
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    router=probabilities,
+    fast=probabilities,
+    fraction=st.sampled_from([0.0, 0.5, 1.0]),
+    event_id=st.text(min_size=1, max_size=12),
+)
+def test_every_unpinned_job_counts_the_one_path_its_calls_took(
+    router: float, fast: float, fraction: float, event_id: str
+) -> None:
+    """`splitpin_verification_paths_total` names what happened: direct exactly when the
+    verifier alone was called, skip when the fast answer was final alone, verify or audit
+    (audit only for the hash-chosen sample) when both were called."""
+    policy = policy_of(gov_with("direct", audit_fraction=fraction))
+    before = _paths()
+    _, called = drive(policy, dispatch(event_id, confidence=router), _cites(fast))
+    after = _paths()
+    moved = {p: after[p] - before[p] for p in PATHS if after[p] != before[p]}
+    assert sum(moved.values()) == 1
+    (path,) = moved
+    expected = {
+        ("verify",): "direct",
+        ("primary",): "skip",
+        ("primary", "verify"): "audit" if path == "audit" else "verify",
+    }[tuple(called)]
+    assert path == expected
+    if path == "audit":
+        assert audited(event_id, fraction)
+
+
+def test_pinned_jobs_are_not_counted_as_a_path() -> None:
+    before = _paths()
+    drive(policy_of(gov_with("direct")), dispatch(confidence=0.1, pinned=True), _cites())
+    assert _paths() == before
