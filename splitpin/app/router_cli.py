@@ -27,12 +27,16 @@ def _command_line() -> str:
     return command_line("splitpin.app.router_cli")
 
 
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Shared data folder (default: ../shared/data beside the repo)."),
+]
+"""`--data-dir` of the commands that read the labelled data."""
+
+
 @router_app.command("train")
 def train_command(
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Shared data folder (default: ../shared/data beside the repo)."),
-    ] = None,
+    data_dir: DataDirOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Artifacts folder (default: classifier.artifacts_dir of the config)."),
@@ -100,10 +104,7 @@ def train_command(
 
 @router_app.command("calibrate")
 def calibrate_command(
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Shared data folder (default: ../shared/data beside the repo)."),
-    ] = None,
+    data_dir: DataDirOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Heads folder to calibrate (default: classifier.artifacts_dir)."),
