@@ -868,6 +868,27 @@ class GovernanceConfig(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _narrowed_answers_are_judged_with_the_router(self) -> Self:
+        """A fast prompt narrowed to one article leaves the fast responder no runner-up, so
+        its own confidence is ~1 whatever the answer: only the router's agreement map can
+        judge it. A policy that lets answers stand on that confidence alone would pass
+        every narrowed answer unverified."""
+        replies, knowledge = self.replies, self.knowledge
+        if (
+            knowledge.intent_sure_min_confidence is not None
+            and replies.verify != "always"
+            and replies.verify_evidence == "fast"
+            and "fast" in knowledge.intent_sure_roles
+        ):
+            msg = (
+                "knowledge.intent_sure_min_confidence: must be null when "
+                "replies.verify_evidence is fast and replies.verify is not always (a narrowed "
+                "fast answer's own confidence is ~1; docs/calibration.md)"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _tenant_ids_normalised(self) -> Self:
         named = [
             *(f"tenancy.tenants: {t!r}" for t in self.tenancy.tenants),

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from splitpin.operators.answering import (
     AnswerOutput,
@@ -135,8 +137,28 @@ def test_every_fallback_is_verified() -> None:
     for case in cases:
         _, called = run(gov_with(), **case)
         assert called == ["primary", "verify"], case
-    _, called = run(gov_with(verify_evidence="fast"), cites=ARTICLE, confidence=0.6, router=0.99)
+    fast_only = governance(
+        replies={
+            "verify": "below_confidence",
+            "verify_min_probability": 0.9,
+            "audit_fraction": 0.0,
+            "verify_evidence": "fast",
+        },
+        knowledge={"intent_sure_min_confidence": None},  # else refused: see below
+    )
+    _, called = run(fast_only, cites=ARTICLE, confidence=0.6, router=0.99)
     assert called == ["primary", "verify"]
+
+
+@pytest.mark.parametrize("verify", ["below_confidence", "audit"])
+def test_a_narrowed_answer_cannot_be_judged_on_its_own_confidence(verify: str) -> None:
+    """One article attached: the fast responder has no runner-up, its confidence is ~1
+    whatever it says. A policy letting such answers stand on that alone is refused at
+    start-up, naming the field; with the router's map, or verifying always, it loads."""
+    with pytest.raises(ValidationError, match=r"knowledge\.intent_sure_min_confidence"):
+        governance(replies={"verify": verify, "verify_evidence": "fast"})
+    governance(replies={"verify": "always", "verify_evidence": "fast"})
+    governance(replies={"verify": verify, "verify_evidence": "fast_and_router"})
 
 
 @settings(max_examples=30, deadline=None)
