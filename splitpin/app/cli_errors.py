@@ -22,8 +22,14 @@ def fail(exc: SplitpinError) -> typer.Exit:
 
 
 def command_line(module: str) -> str:
-    """The command as typed (`splitpin router train ...`); run as a file, the module form
-    (`python -m splitpin.app.router_cli ...`), so a manifest or audit record can be re-run."""
-    prog = Path(sys.argv[0]).name if sys.argv else "splitpin"
-    head = ["python", "-m", module] if prog.endswith(".py") else [prog]
+    """The command as typed (`splitpin router train ...`), so a manifest or audit record
+    can be re-run: `python -m splitpin ...` as such, and a sub-app run as a file in its
+    module form (`python -m splitpin.app.router_cli ...`)."""
+    path = Path(sys.argv[0]) if sys.argv else Path("splitpin")
+    if path.name == "__main__.py":  # python -m <package>
+        head = ["python", "-m", path.parent.name]
+    elif path.suffix == ".py":
+        head = ["python", "-m", module]
+    else:
+        head = [path.name]
     return shlex.join([*head, *sys.argv[1:]])

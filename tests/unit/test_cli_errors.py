@@ -34,6 +34,14 @@ def test_a_module_run_as_a_file_is_recorded_in_its_module_form(rest: list[str]) 
     assert recorded == ["python", "-m", "splitpin.app.router_cli", *rest]
 
 
+@given(rest=args)
+def test_python_dash_m_splitpin_is_recorded_as_such(rest: list[str]) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["/venv/lib/site-packages/splitpin/__main__.py", *rest])
+        recorded = shlex.split(command_line("splitpin.app.router_cli"))
+    assert recorded == ["python", "-m", "splitpin", *rest]
+
+
 def test_a_failure_is_one_error_line_and_exit_two(capsys: pytest.CaptureFixture[str]) -> None:
     exit_ = fail(ConfigError("routing.fast_max_tokens: must be positive"))
     assert isinstance(exit_, typer.Exit) and exit_.exit_code == 2
