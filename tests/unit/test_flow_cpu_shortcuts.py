@@ -25,7 +25,6 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from bytewax.operators import StatefulBatchLogic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +40,7 @@ from splitpin.providers.calibration import (
     IsotonicMap,
     calibration_for,
 )
+from tests.unit.test_isolation import BatchAppender, PoisonError
 
 
 def _bits(value: float) -> bytes:
@@ -148,29 +148,6 @@ def test_a_logistic_agreement_map_still_takes_its_array_path() -> None:
 
 
 # --- the isolation journal's running count -----------------------------------------------
-
-
-class PoisonError(Exception):
-    pass
-
-
-class BatchAppender(StatefulBatchLogic[tuple[int, bool], int, bytes]):
-    """Appends every value of a batch in turn, raising at the first poison (half-applied)."""
-
-    def __init__(self, resume: bytes | None) -> None:
-        self.values: list[int] = [] if resume is None else pickle.loads(resume)
-
-    def on_batch(self, values: list[tuple[int, bool]]) -> tuple[list[int], bool]:
-        out = []
-        for number, poison in values:
-            self.values.append(number)
-            if poison:
-                raise PoisonError(str(number))
-            out.append(number)
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.values)
 
 
 DEAD_LETTER = Isolation("dead_letter", lambda item: RawRecord(b"k", b"", "events", -1, -1))
