@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from splitpin.core.lru import LruMemo
 from splitpin.core.router import rules
 from splitpin.core.router.embedder import Embedder
 from splitpin.core.router.heads import OOS_LABEL, HeadBundle, normalize, read_bundle
@@ -180,8 +179,9 @@ class Classifier:
         self._oos_idx = domain.index(OOS_LABEL)
         self._in_scope_mask = np.ones(len(domain), dtype=bool)
         self._in_scope_mask[self._oos_idx] = False
-        self._intent_rows: OrderedDict[str, npt.NDArray[np.float64]] = OrderedDict()
-        self._intent_lock = threading.Lock()
+        self._intent_rows: LruMemo[str, npt.NDArray[np.float64]] = LruMemo(
+            config.embedding_memo_size
+        )
 
     @classmethod
     def load(cls, classifier: ClassifierConfig, routing: RoutingConfig) -> Classifier:
@@ -330,14 +330,11 @@ class Classifier:
             return out
         cut = [model_input(t, self._config.max_seq_tokens) for t in texts]
         missing: list[int] = []
-        with self._intent_lock:
-            for i, text in enumerate(cut):
-                row = self._intent_rows.get(text)
-                if row is None:
-                    missing.append(i)
-                else:
-                    self._intent_rows.move_to_end(text)
-                    out[i] = row
+        for i, row in enumerate(self._intent_rows.get_many(cut)):
+            if row is None:
+                missing.append(i)
+            else:
+                out[i] = row
         if not missing:
             return out
         bundle = self._bundle
@@ -352,13 +349,7 @@ class Classifier:
     def _remember_intent(self, text: str, row: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Keep `row`, the intent head's output for the model input `text` (never mutated),
         up to `embedding_memo_size` texts, least recently used first out."""
-        size = self._config.embedding_memo_size
-        if size > 0:
-            with self._intent_lock:
-                self._intent_rows[text] = row
-                self._intent_rows.move_to_end(text)
-                while len(self._intent_rows) > size:
-                    self._intent_rows.popitem(last=False)
+        self._intent_rows.put_many([(text, row)])
         return row
 
     def _from_rule(self, rule: rules.Rule) -> Classification:

