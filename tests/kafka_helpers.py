@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -19,6 +20,7 @@ from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
 from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
+from tests.flow_process import running_flow
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,70 @@ def decisions_by_event(settings: Settings) -> dict[str, RoutingDecision]:
     messages = read_to_end(settings.bootstrap_servers, settings.topic("decisions"))
     decisions = (decode(RoutingDecision, m.value() or b"") for m in messages)
     return {d.event_id: d for d in decisions}
+
+
+FLOW_LOG = "flow.log"
+"""The flow's log file inside `run_until_answered`'s `work_dir`."""
+
+
+@dataclass(frozen=True)
+class AnsweredRun:
+    """What `run_until_answered` read while the flow was up."""
+
+    replies: list[Message]
+    costs: list[Message]
+    also: dict[str, list[Message]]
+    """By topic name (`settings.topic(name)`), in the order asked."""
+    log: Path
+
+
+def run_until_answered(
+    settings: Settings,
+    work_dir: Path,
+    events: Iterable[Mapping[str, Any]] = (),
+    *,
+    finals: Set[str] | None = None,
+    ended: Set[str] | None = None,
+    while_running: Callable[[], object] | None = None,
+    also: Sequence[tuple[str, Callable[[list[Message]], bool], float]] = (),
+    settle_s: float = 0.0,
+) -> AnsweredRun:
+    """Publish `events`, run `splitpin run` until every one is answered, read the topics back.
+
+    The scaffold of the broker tests that judge whole answers: the events go out before the
+    flow starts (`while_running` runs once it has started, for traffic that must be timed);
+    `replies` is read until every id in `finals` (default: the events' ids) has its final
+    reply, `metrics` until every id in `ended` (default: `finals`) has its job's last
+    CostRecord; after `settle_s` (a hedge's loser may bill just after the final) `metrics`
+    is read again; then each `also` topic until its predicate holds or its seconds run out.
+    A missing final or a flow that died fails here with the log's tail. Recovery state and
+    the log live in `work_dir`.
+    """
+    published = list(events)
+    if published:
+        publish_events(settings, published)
+    want = set(finals) if finals is not None else {str(e["event_id"]) for e in published}
+    stop = set(ended) if ended is not None else want
+    bootstrap = settings.bootstrap_servers
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log = work_dir / FLOW_LOG
+    with running_flow(settings, work_dir / "recovery", log) as flow:
+        if while_running is not None:
+            while_running()
+        replies = read_until(
+            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= want, 120
+        )
+        assert final_reply_ids(replies) >= want, log.read_text()[-3000:]
+        costs = read_until(
+            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= stop, 60
+        )
+        if settle_s:
+            time.sleep(settle_s)
+            got = len(costs)
+            costs = read_until(bootstrap, settings.topic("metrics"), lambda g: len(g) >= got, 30)
+        read = {
+            name: read_until(bootstrap, settings.topic(name), done, timeout_s)
+            for name, done, timeout_s in also
+        }
+        assert flow.poll() is None, log.read_text()[-3000:]
+    return AnsweredRun(replies=replies, costs=costs, also=read, log=log)

@@ -17,15 +17,8 @@ import pytest
 from splitpin.core.settings import Settings
 from splitpin.schemas import CostRecord, Reply, decode
 from tests.factories import event_dict
-from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import (
-    decisions_by_event,
-    ended_event_ids,
-    final_reply_ids,
-    publish_events,
-    read_until,
-)
+from tests.kafka_helpers import decisions_by_event, run_until_answered
 
 pytestmark = pytest.mark.integration
 
@@ -56,28 +49,19 @@ def test_out_of_scope_gets_clarify_without_a_call_in_scope_gets_a_cited_answer(
         events[f"oos-shop-{n}"] = ("shopco", text)
     for n, text in enumerate(IN_SCOPE):
         events[f"in-bank-{n}"] = ("acme-bank", text)
-    publish_events(
+    answered = {e for e in events if not e.startswith("oos-bank")}
+    run = run_until_answered(
         settings,
+        tmp_path,
         (
             event_dict(event_id, f"c-{event_id}", text=text, at_s=n, tenant_id=tenant)
             for n, (event_id, (tenant, text)) in enumerate(events.items())
         ),
+        ended=answered,  # a clarification makes no call, so no CostRecord ends its job
     )
-    answered = {e for e in events if not e.startswith("oos-bank")}
-
-    log = tmp_path / "flow.log"
-    with running_flow(settings, tmp_path / "recovery", log) as flow:
-        bootstrap = settings.bootstrap_servers
-        replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= set(events), 120
-        )
-        costs_in = read_until(
-            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= answered, 60
-        )
-        assert flow.poll() is None, log.read_text()[-3000:]
     decisions = decisions_by_event(settings)
-    replies = [decode(Reply, m.value() or b"") for m in replies_in]
-    calls = [decode(CostRecord, m.value() or b"") for m in costs_in]
+    replies = [decode(Reply, m.value() or b"") for m in run.replies]
+    calls = [decode(CostRecord, m.value() or b"") for m in run.costs]
     clarify = settings.governance.replies.clarify_reply
 
     for event_id in events:

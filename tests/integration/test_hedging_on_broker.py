@@ -22,9 +22,8 @@ from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.settings import Settings
 from splitpin.schemas import CostRecord, Reply, decode
 from tests.factories import ROUTINE_QUESTIONS, event_dict
-from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import ended_event_ids, final_reply_ids, read_until
+from tests.kafka_helpers import FLOW_LOG, final_reply_ids, read_until, run_until_answered
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +55,9 @@ def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str
         producer.flush(15)
 
     ids = {f"h-{name}-{n}" for n in range(len(QUESTIONS))}
-    log = tmp_path / f"flow-{name}.log"
-    with running_flow(settings, tmp_path / f"recovery-{name}", log) as flow:
+    work = tmp_path / f"run-{name}"
+
+    def traffic() -> None:
         send(f"warm-{name}", QUESTIONS[0], 0)  # the flow is up once this is answered
         warm = read_until(
             settings.bootstrap_servers,
@@ -65,33 +65,21 @@ def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str
             lambda g: f"warm-{name}" in final_reply_ids(g),
             120,
         )
-        assert f"warm-{name}" in final_reply_ids(warm), log.read_text()[-3000:]
+        assert f"warm-{name}" in final_reply_ids(warm), (work / FLOW_LOG).read_text()[-3000:]
         for n, text in enumerate(QUESTIONS):
             send(f"h-{name}-{n}", text, n + 1)
             time.sleep(GAP_S)
-        every = ids | {f"warm-{name}"}
-        replies_in = read_until(
-            settings.bootstrap_servers,
-            settings.topic("replies"),
-            lambda g: final_reply_ids(g) >= ids,
-            120,
-        )
 
-        costs_in = read_until(
-            settings.bootstrap_servers,
-            settings.topic("metrics"),
-            lambda g: ended_event_ids(g) >= every,
-            60,
-        )
-        time.sleep(1.0)  # a hedge's loser may settle just after the final
-        costs_in = read_until(
-            settings.bootstrap_servers,
-            settings.topic("metrics"),
-            lambda g: len(g) >= len(costs_in),
-            30,
-        )
-        events_in = read_until(settings.bootstrap_servers, topic, lambda g: len(g) > len(ids), 30)
-        assert flow.poll() is None, log.read_text()[-3000:]
+    run = run_until_answered(
+        settings,
+        work,
+        finals=ids,
+        ended=ids | {f"warm-{name}"},
+        while_running=traffic,
+        settle_s=1.0,  # a hedge's loser may settle just after the final
+        also=[("events", lambda g: len(g) > len(ids), 30)],
+    )
+    replies_in, costs_in, events_in = run.replies, run.costs, run.also["events"]
 
     sent = {}
     for message in events_in:

@@ -25,15 +25,8 @@ from splitpin.providers.local_fleet import FastResponder, LocalFleet, Verifier
 from splitpin.schemas import CostRecord, Reply, RoutingDecision, decode
 from splitpin.schemas.governance import GovernanceConfig
 from tests.factories import ROUTINE_QUESTIONS, event_dict
-from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import (
-    decisions_by_event,
-    ended_event_ids,
-    final_reply_ids,
-    publish_events,
-    read_until,
-)
+from tests.kafka_helpers import decisions_by_event, run_until_answered
 
 pytestmark = pytest.mark.integration
 
@@ -78,31 +71,20 @@ def test_sure_intents_narrow_the_fast_prompt_and_the_verifier_searches_again(
     path = save_config(config, tmp_path)
     settings: Settings = topic_settings(partitions=2, governance_path=path)
     texts = {f"s-{n}": text for n, text in enumerate(ROUTINE_QUESTIONS)}
-    publish_events(
-        settings,
-        (event_dict(e, f"c-{e}", text=text, at_s=n) for n, (e, text) in enumerate(texts.items())),
-    )
     ids = set(texts)
-    log = tmp_path / "flow.log"
-    with running_flow(settings, tmp_path / "recovery", log) as flow:
-        bootstrap = settings.bootstrap_servers
-        replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
-        )
-        costs_in = read_until(
-            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60
-        )
-        failures_in = read_until(
-            bootstrap, settings.topic("validation_failures"), lambda g: False, 2
-        )
-        assert flow.poll() is None, log.read_text()[-3000:]
+    run = run_until_answered(
+        settings,
+        tmp_path,
+        (event_dict(e, f"c-{e}", text=text, at_s=n) for n, (e, text) in enumerate(texts.items())),
+        also=[("validation_failures", lambda g: False, 2)],
+    )
     decisions = decisions_by_event(settings)
-    replies = [decode(Reply, m.value() or b"") for m in replies_in]
+    replies = [decode(Reply, m.value() or b"") for m in run.replies]
     calls = {
         (r.event_id, r.record_id.rpartition(":")[2]): r
-        for r in (decode(CostRecord, m.value() or b"") for m in costs_in)
+        for r in (decode(CostRecord, m.value() or b"") for m in run.costs)
     }
-    assert failures_in == []
+    assert run.also["validation_failures"] == []
     for event_id in ids:
         assert len([r for r in replies if r.reply_id == event_id and r.kind == "final"]) == 1
 

@@ -21,15 +21,8 @@ from splitpin.core.settings import Settings
 from splitpin.providers.calibration import fast_probability_given_router
 from splitpin.schemas import CostRecord, Reply, decode
 from tests.factories import ROUTINE_QUESTIONS, event_dict
-from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import (
-    decisions_by_event,
-    ended_event_ids,
-    final_reply_ids,
-    publish_events,
-    read_until,
-)
+from tests.kafka_helpers import decisions_by_event, run_until_answered
 
 pytestmark = pytest.mark.integration
 
@@ -63,24 +56,11 @@ def test_an_unsure_router_sends_the_event_to_the_verifier_alone(
         )
         for n, (event_id, text) in enumerate({**routine, **pinned, **shopco}.items())
     ]
-    publish_events(settings, asks)
-    ids = {a["event_id"] for a in asks}
-
-    log = tmp_path / "flow.log"
-    with running_flow(settings, tmp_path / "recovery", log) as flow:
-        bootstrap = settings.bootstrap_servers
-        replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
-        )
-        assert final_reply_ids(replies_in) >= ids, log.read_text()[-3000:]
-        costs_in = read_until(
-            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60
-        )
-        assert flow.poll() is None, log.read_text()[-3000:]
+    run = run_until_answered(settings, tmp_path, asks)
     decisions = decisions_by_event(settings)
-    replies = [decode(Reply, m.value() or b"") for m in replies_in]
+    replies = [decode(Reply, m.value() or b"") for m in run.replies]
     records: dict[str, list[CostRecord]] = {}
-    for message in costs_in:
+    for message in run.costs:
         record = decode(CostRecord, message.value() or b"")
         records.setdefault(record.event_id, []).append(record)
 

@@ -27,15 +27,8 @@ from splitpin.providers.knowledge_base import _package_kb, parse_articles
 from splitpin.schemas import CostRecord, Reply, decode
 from splitpin.schemas.audit_sample import AuditSample
 from tests.factories import ROUTINE_QUESTIONS, event_dict
-from tests.flow_process import running_flow
 from tests.governance_files import save_config, shipped_config
-from tests.kafka_helpers import (
-    decisions_by_event,
-    ended_event_ids,
-    final_reply_ids,
-    publish_events,
-    read_until,
-)
+from tests.kafka_helpers import decisions_by_event, run_until_answered
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +55,9 @@ def test_audit_mode_verifies_only_the_audit_sample_and_records_it(
     pinned = {f"v-pin-{n}": text for n, text in enumerate(COMPLIANCE)}
     sample = {e for e in routine if audited(e, FRACTION)}
     assert 0 < len(sample) < len(routine)  # the test sees both sides of the sample
-    publish_events(
+    run = run_until_answered(
         settings,
+        tmp_path,
         (
             event_dict(
                 event_id,
@@ -74,29 +68,15 @@ def test_audit_mode_verifies_only_the_audit_sample_and_records_it(
             )
             for n, (event_id, text) in enumerate({**routine, **pinned}.items())
         ),
+        also=[("replies_audit", lambda g: len(g) >= len(sample), 30)],
     )
-    ids = set(routine) | set(pinned)
-
-    log = tmp_path / "flow.log"
-    with running_flow(settings, tmp_path / "recovery", log) as flow:
-        bootstrap = settings.bootstrap_servers
-        replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
-        )
-        costs_in = read_until(
-            bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60
-        )
-        audit_in = read_until(
-            bootstrap, settings.topic("replies_audit"), lambda g: len(g) >= len(sample), 30
-        )
-        assert flow.poll() is None, log.read_text()[-3000:]
     decisions = decisions_by_event(settings)
-    replies = [decode(Reply, m.value() or b"") for m in replies_in]
+    replies = [decode(Reply, m.value() or b"") for m in run.replies]
     calls = {
         (r.event_id, r.record_id.rpartition(":")[2])
-        for r in (decode(CostRecord, m.value() or b"") for m in costs_in)
+        for r in (decode(CostRecord, m.value() or b"") for m in run.costs)
     }
-    audits = [decode(AuditSample, m.value() or b"") for m in audit_in]
+    audits = [decode(AuditSample, m.value() or b"") for m in run.also["replies_audit"]]
 
     # The classifier may pin a routine-looking question too: it is then checked as pinned.
     pinned_ids = set(pinned) | {e for e in routine if decisions[e].pinned}
@@ -144,24 +124,17 @@ def test_the_router_agreement_decides_what_skips_the_verifier(
     path.write_text(yaml.safe_dump(config))
     settings: Settings = topic_settings(partitions=2, governance_path=path)
     ids = {f"g-{n}" for n in range(len(QUESTIONS))}
-    publish_events(
+    # Every job has ended (its last CostRecord is out); audit records leave with the
+    # verified final, so a short settle reads all of them.
+    run = run_until_answered(
         settings,
+        tmp_path,
         (event_dict(f"g-{n}", f"c-g-{n}", text=text, at_s=n) for n, text in enumerate(QUESTIONS)),
+        also=[("replies_audit", lambda g: False, 3)],
     )
-
-    log = tmp_path / "flow.log"
-    with running_flow(settings, tmp_path / "recovery", log) as flow:
-        bootstrap = settings.bootstrap_servers
-        replies_in = read_until(
-            bootstrap, settings.topic("replies"), lambda g: final_reply_ids(g) >= ids, 120
-        )
-        # Every job has ended (its last CostRecord is out); audit records leave with the
-        # verified final, so a short settle reads all of them.
-        read_until(bootstrap, settings.topic("metrics"), lambda g: ended_event_ids(g) >= ids, 60)
-        audit_in = read_until(bootstrap, settings.topic("replies_audit"), lambda g: False, 3)
-        assert flow.poll() is None, log.read_text()[-3000:]
     decisions = decisions_by_event(settings)
-    replies = [decode(Reply, m.value() or b"") for m in replies_in]
+    replies = [decode(Reply, m.value() or b"") for m in run.replies]
+    audit_in = run.also["replies_audit"]
     audits = {a.event_id: a for a in (decode(AuditSample, m.value() or b"") for m in audit_in)}
     article = _article_of_intent()
     unpinned = {e for e in ids if not decisions[e].pinned and decisions[e].tier != "trivial"}
