@@ -248,21 +248,16 @@ def _design(embeddings: npt.NDArray[np.float32], ngrams: Any, weight: float) -> 
 def batch_proba(
     head: LinearHead, embeddings: npt.NDArray[np.float32], ngrams: Any
 ) -> npt.NDArray[np.float64]:
-    """Softmax of many texts at once (selection only; the runtime goes text by text),
-    mixed with the head's neighbour vote when it has one."""
-    logits = (
-        embeddings.astype(np.float64) @ head.w_emb.astype(np.float64)
-        + np.asarray(ngrams @ head.w_txt.astype(np.float64))
-        + head.bias.astype(np.float64)
-    )
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p = p / p.sum(axis=1, keepdims=True)
-    vote, a = head.neighbours, head.neighbour_weight
-    if vote is not None and a > 0.0:
-        votes = np.stack([vote.proba(e, len(head.labels)) for e in embeddings])
-        p = (1.0 - a) * p + a * votes
-    return np.asarray(p, dtype=np.float64)
+    """The head's probabilities for many texts (rows of `embeddings` and of the CSR
+    `ngrams`), each through `LinearHead.proba` itself: selection judges exactly the
+    numbers the router will compute at run time, neighbour vote included, and the mixing
+    lives in one place."""
+    indptr, indices, values = ngrams.indptr, ngrams.indices, ngrams.data
+    out = np.empty((len(embeddings), len(head.labels)), dtype=np.float64)
+    for i, embedding in enumerate(embeddings):
+        lo, hi = int(indptr[i]), int(indptr[i + 1])
+        out[i] = head.proba(embedding, SparseRow(indices[lo:hi], values[lo:hi]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
