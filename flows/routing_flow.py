@@ -381,6 +381,7 @@ def _answer(
         covers=gateway.covers,
         judges=gateway.judges,
         intent_article=gateway.intent_article,
+        answers_locally=gateway.answers_locally,
     )
     calls = governance.providers
     executor = shared_executor(calls.max_in_flight, settings.call_threads)

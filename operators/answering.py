@@ -34,7 +34,6 @@ recognisable.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,6 @@ from typing import Literal
 
 from splitpin.core import metrics
 from splitpin.core.tokens import count_tokens
-from splitpin.errors import ConfigError
 from splitpin.operators.context_guard import MESSAGE_OVERHEAD_TOKENS, fit_messages
 from splitpin.operators.model_calls import CallFailed, JobStep, StreamingQuantile
 from splitpin.operators.sampling import in_sample
@@ -64,7 +62,6 @@ from splitpin.providers.base import (
     SourceDoc,
 )
 from splitpin.providers.prompting import customer_doc_ids
-from splitpin.providers.registry import remote_settings
 from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.decisions import ModelRole, RoutingDecision
 from splitpin.schemas.governance import GovernanceConfig, HedgeMode, RepliesConfig
@@ -221,6 +218,16 @@ def verifier_subset(
     return tuple(doc for doc in sources if doc in kept)
 
 
+def verifier_keep(candidates: tuple[Candidate, ...], article: str | None) -> set[str]:
+    """The articles a verifier must choose among whatever `verifier_subset` trims: every
+    draft's citations and the router intent's article (None: none). Built only here, for
+    the policy's trim of a draft's sources and the gateway's of a narrowed draft's search."""
+    keep = {doc_id for candidate in candidates for doc_id in candidate.doc_ids}
+    if article is not None:
+        keep.add(article)
+    return keep
+
+
 def audited(event_id: str, fraction: float) -> bool:
     """True for the `fraction` of event ids in the audit sample: a hash, so the same on every
     worker, in every process and after a recovery re-issues the job."""
@@ -304,10 +311,11 @@ class AnswerPolicy:
     answer's own calibrated confidence decides (as `replies.verify_evidence: fast`)."""
     given_router: GivenRouter = calibrated_given_router
     """The verification policy's input when the router's agreement is weighed."""
-    fast_is_local: bool | None = None
-    """Whether the local fleet answers the fast role (the agreement map judges only its
-    answers, so only then can `replies.verifier_first` predict them). None: decided at
-    start from `providers.mode` and the role's key, as the provider registry decides."""
+    answers_locally: Callable[[ModelRole], bool] = lambda role: True
+    """role -> whether the local fleet answers it, as the provider registry decided when it
+    built the providers (ModelGateway.answers_locally). The agreement map judges only the
+    local fast role's answers, so only then can `replies.verifier_first` predict them.
+    Default: every role local (a policy built without providers, as in unit tests)."""
 
     def __post_init__(self) -> None:
         if self.summaries is None:
@@ -320,8 +328,7 @@ class AnswerPolicy:
             calibrated_probability
         ):
             calibration.packaged_calibration()  # missing or stale maps fail at start-up
-        if self.fast_is_local is None:
-            self.fast_is_local = _local_role(self.governance, "fast")
+        self.fast_is_local: bool = self.answers_locally("fast")  # the registry never changes
 
     # --- CallPolicy -----------------------------------------------------------------
 
@@ -794,7 +801,7 @@ class AnswerPolicy:
             final = self._reply(job, "final", "unverified", result.text, result, result.role)
             return Step(emit=[*emit, final, *self._timing(job, final)], done=True)
         call_id, spec = self._call(job, "verify", verifier, (candidate,), messages=messages)
-        spec = replace(spec, sources=self._verifier_sources(decision, result, spec.sources))
+        spec = replace(spec, sources=self._verifier_sources(decision, spec))
         return Step(emit=emit, calls=[(call_id, spec)])
 
     def _probability_right(self, decision: RoutingDecision, result: ModelResult) -> float | None:
@@ -821,10 +828,7 @@ class AnswerPolicy:
         return self.given_router(result.confidence, decision.confidence, agree)
 
     def _verifier_sources(
-        self,
-        decision: RoutingDecision,
-        draft: ModelResult,
-        sources: tuple[SourceDoc, ...] | None,
+        self, decision: RoutingDecision, spec: CallSpec
     ) -> tuple[SourceDoc, ...] | None:
         """`replies.verifier_other_sources`: the articles the verifier must choose among
         (the draft's citations, the router intent's article) and the n best-ranked others,
@@ -836,14 +840,13 @@ class AnswerPolicy:
             decision.role, decision.confidence
         ):
             return None
+        sources = spec.sources
         if others is None or sources is None:
             return sources
-        keep = set(_doc_ids(draft))
+        article = None
         if self.intent_article is not None and decision.intent not in (None, "none"):
             article = self.intent_article(decision.tenant_id, decision.intent or "")
-            if article is not None:
-                keep.add(article)
-        return verifier_subset(sources, keep, others)
+        return verifier_subset(sources, verifier_keep(spec.candidates, article), others)
 
     def _messages_for(
         self, role: ModelRole, dispatch: Dispatch, candidates: tuple[Candidate, ...]
@@ -1284,18 +1287,6 @@ class AnswerPolicy:
     def _timing(self, job: AnswerJob, reply: Reply) -> list[ReplyTiming]:
         seconds = max(0.0, self.clock() - job.dispatch.dispatched_at)
         return [ReplyTiming(reply.kind, reply.route, seconds)]
-
-
-def _local_role(governance: GovernanceConfig, role: ModelRole) -> bool:
-    """Whether the provider registry gives `role` to the local fleet (providers/registry.py,
-    `remote_settings`, with this process's environment)."""
-    config = governance.roles.get(role)
-    if config is None:
-        return False
-    try:
-        return remote_settings(role, config, os.environ, governance.providers.mode) is None
-    except ConfigError:  # remote mode without the key: the registry refuses to start
-        return False
 
 
 def _customer_ids(dispatch: Dispatch) -> frozenset[str]:

@@ -14,9 +14,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from splitpin.operators.answering import CallOutcome, CallSpec, verifier_subset
+from splitpin.operators.answering import CallOutcome, CallSpec, verifier_keep, verifier_subset
 from splitpin.providers.base import Message, ModelRequest, ModelResult, ProviderError, SourceDoc
 from splitpin.providers.prompting import quoted_request, source_tokens
+from splitpin.providers.registry import ProviderRegistry
+from splitpin.schemas.decisions import ModelRole
 from splitpin.schemas.governance import GovernanceConfig
 
 RECENT_USER_TURNS = 3
@@ -118,9 +120,7 @@ class ModelGateway:
         if spec.candidates and others is not None:
             # A verifier of a narrowed draft (AnswerPolicy._verifier_sources): the same
             # trim as for one that reads the draft's sources.
-            keep = {doc_id for c in spec.candidates for doc_id in c.doc_ids}
-            if article is not None:
-                keep.add(article.doc_id)
+            keep = verifier_keep(spec.candidates, None if article is None else article.doc_id)
             found = verifier_subset(found, keep, others)
         return within_budget(found, budget, encoding)
 
@@ -136,6 +136,11 @@ class ModelGateway:
         kb = self.governance.knowledge.kb_for(tenant_id)
         article = self.retriever.intent_source(kb, intent)
         return None if article is None else article.doc_id
+
+    def answers_locally(self, role: ModelRole) -> bool:
+        """Whether the local fleet answers `role`, as the provider registry decided once when
+        it built the providers; a completer that is not the registry (a test's) is remote."""
+        return isinstance(self.providers, ProviderRegistry) and self.providers.is_local(role)
 
     def covers(self, tenant_id: str, intent: str) -> bool:
         """False only when the tenant's KB is keyed by the router's intents and lacks this

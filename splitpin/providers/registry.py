@@ -65,10 +65,13 @@ class ProviderRegistry:
         providers: Mapping[ModelRole, Provider],
         descriptions: Mapping[ModelRole, str],
         breakers: Mapping[str, CircuitBreaker],
+        local_roles: frozenset[ModelRole] = frozenset(),
     ) -> None:
         self.governance = governance
         self.providers = dict(providers)
         self.breakers = dict(breakers)
+        self.local_roles = local_roles
+        """The roles `build` gave to the local fleet (see `is_local`)."""
         self._descriptions = dict(descriptions)
         self.chains: dict[ModelRole, FallbackChain] = {
             name: FallbackChain(
@@ -161,7 +164,7 @@ class ProviderRegistry:
             )
             where = f" at {safe_url(base_url)}" if base_url else ""
             descriptions[name] = f"{role.provider} {role.pinned_id}{where}"
-        return cls(governance, providers, descriptions, breakers)
+        return cls(governance, providers, descriptions, breakers, frozenset(needs_local))
 
     async def complete(self, request: ModelRequest) -> ModelResult:
         """Answer with the request's role, falling back along its chain."""
@@ -170,6 +173,11 @@ class ProviderRegistry:
             msg = f"role {request.role} is not configured"
             raise KeyError(msg)
         return await chain.complete(request)
+
+    def is_local(self, role: ModelRole) -> bool:
+        """Whether the local fleet answers `role` (decided once, in `build`): the answering
+        policy asks here rather than re-reading the environment."""
+        return role in self.local_roles
 
     def describe(self) -> dict[ModelRole, str]:
         """Role -> what answers it, e.g. "anthropic claude-3-5-haiku-20241022", "local fast"."""

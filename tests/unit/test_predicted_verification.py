@@ -36,7 +36,9 @@ from splitpin.operators.answering import (
 )
 from splitpin.operators.budget import BudgetGate, TenantLedger, build_decision, build_dispatch
 from splitpin.operators.model_calls import CallFailed
+from splitpin.operators.model_gateway import ModelGateway
 from splitpin.providers.base import Message, ModelResult, Usage
+from splitpin.providers.registry import ProviderRegistry
 from splitpin.schemas.audit_sample import AuditSample
 from splitpin.schemas.decisions import RoutingDecision
 from splitpin.schemas.governance import GovernanceConfig, VerifierFirstConfig
@@ -80,7 +82,7 @@ def policy_of(gov: GovernanceConfig, *, local: bool = True, **fields: Any) -> An
         probability=lambda role, confidence, provider: confidence,
         intent_article=lambda tenant, intent: ARTICLE if intent != "no_article" else None,
         given_router=fields.pop("given_router", router_only),
-        fast_is_local=local,
+        answers_locally=fields.pop("answers_locally", lambda role: local),
         **fields,
     )
 
@@ -284,17 +286,28 @@ def test_direct_without_room_in_the_verifier_window_keeps_the_fast_pass() -> Non
 
 
 @pytest.mark.parametrize("mode", ["auto", "local"])
-def test_the_fast_role_is_local_when_the_registry_would_make_it_so(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("key", [None, "sk-ant-test-key"])
+def test_the_fast_role_is_local_exactly_when_the_registry_made_it_so(
+    mode: str, key: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    """The policy asks the registry the flow built (through the gateway), not the process
+    environment: a key only the process sees, not the registry, changes nothing."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-only-the-process-sees-this")
     gov = governance(
         providers={"mode": mode}, replies={"verifier_first": {"mode": "direct", "margin": 0.0}}
     )
-    assert AnswerPolicy(gov, runner=_unused).fast_is_local is True
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
-    remote = AnswerPolicy(gov, runner=_unused).fast_is_local
-    assert remote is (mode == "local")  # a key in auto mode: the API answers, not predicted
+    env = {} if key is None else {"ANTHROPIC_API_KEY": key}
+    registry = ProviderRegistry.build(gov, env=env, local=lambda name, role: object())
+    gateway = ModelGateway(gov, registry, retriever=None)  # type: ignore[arg-type]
+    policy = policy_of(gov, answers_locally=gateway.answers_locally)
+    local = key is None or mode == "local"  # a key in auto mode: the API answers the role
+    assert registry.describe()["fast"].startswith("local") is local
+    assert policy.fast_is_local is local
+    # What it changes: an unsure router sends the event to the verifier alone only when the
+    # local fleet's answer is the one the agreement map predicts.
+    first = [c for c, _ in first_calls(policy, dispatch(confidence=0.1))]
+    assert first == (["verify"] if local else ["primary"])
+    assert not gateway.answers_locally("no-such-role")  # type: ignore[arg-type]
 
 
 # --- the budget -------------------------------------------------------------------------
