@@ -483,3 +483,14 @@ def test_health_paths_never_shadow_metrics(path: str, ready: bool) -> None:
     else:
         assert calls == [path]
         assert list(body) == [b"metrics"]
+
+
+def test_the_configmap_governance_is_the_shipped_one_plus_its_knowledge_base() -> None:
+    """The ConfigMap carried an older policy (verify: always, an untuned out-of-scope
+    threshold) while config/governance.yaml moved on: a deploy ran what no bench measured.
+    Only `knowledge.bases` may differ (the ConfigMap mounts an example tenant base)."""
+    mounted = yaml.safe_load(one("ConfigMap", "splitpin-governance")["data"]["governance.yaml"])
+    shipped = yaml.safe_load((REPO_ROOT / "config" / "governance.yaml").read_text())
+    assert mounted["knowledge"].pop("bases"), "the example base is wired in"
+    shipped["knowledge"].pop("bases")
+    assert mounted == shipped
