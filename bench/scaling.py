@@ -473,10 +473,15 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def governance_file(
-    settings: Settings, workdir: Path, threads: int | None, memo: bool, workload: str
+    settings: Settings,
+    workdir: Path,
+    threads: int | None,
+    parallel_calls: int | None,
+    memo: bool,
+    workload: str,
 ) -> Path:
-    """The shipped governance with the local fleet forced, ONNX's threads if given, and
-    the memos off unless `memo`.
+    """The shipped governance with the local fleet forced, ONNX's threads and parallel
+    calls if given, and the memos off unless `memo`.
 
     The bench's events are copies of ~400 sample texts, so with a memo each process
     would embed and classify each text (and each sentence) once and then only look it
@@ -491,6 +496,8 @@ def governance_file(
     config["providers"]["mode"] = "local"  # never a real API, whatever keys are exported
     if threads is not None:
         config["classifier"]["intra_op_threads"] = threads
+    if parallel_calls is not None:
+        config["classifier"]["parallel_calls"] = parallel_calls
     if not memo:
         config["classifier"]["memo_size"] = 0
         if workload == "decisions":
@@ -519,6 +526,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="classifier.intra_op_threads for every shape; 0 keeps the shipped value (1)",
+    )
+    parser.add_argument(
+        "--parallel-calls",
+        type=int,
+        default=1,
+        help="classifier.parallel_calls for every shape (1: each worker's ONNX calls run "
+        "one at a time, so the shapes compare processes, not threads); 0 keeps the shipped "
+        "value (2)",
     )
     parser.add_argument(
         "--startup-runs",
@@ -555,6 +570,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         min(args.events, args.latency_events, args.startup_runs) < 1
         or args.rate <= 0
         or args.intra_op_threads < 0
+        or args.parallel_calls < 0
     ):
         parser.error("--events, --latency-events, --startup-runs and --rate must be positive")
     args.command = shlex.join([sys.executable, *sys.argv])
@@ -579,7 +595,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "metrics_port": 0,
                 "answering": args.workload == "whole",
                 "governance_path": governance_file(
-                    settings, workdir, threads, args.memo, args.workload
+                    settings,
+                    workdir,
+                    threads,
+                    args.parallel_calls or None,
+                    args.memo,
+                    args.workload,
                 ),
                 # The sample's times are weeks old and each copy is shifted further: the
                 # skew check would dead-letter them, and it is not what is measured here.
@@ -601,6 +622,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"events, latency M={args.latency_events} at R={args.rate:g}/s, "
                     f"{EVENT_PARTITIONS} partitions, {RECOVERY_PARTITIONS} recovery partitions, "
                     f"classifier.intra_op_threads={onnx}, "
+                    f"parallel_calls={settings.governance.classifier.parallel_calls}, "
                     f"memo_size={settings.governance.classifier.memo_size}, "
                     f"embedding_memo_size={settings.governance.classifier.embedding_memo_size}",
                 ]
@@ -670,6 +692,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_events": args.latency_events,
         "rate": args.rate,
         "intra_op_threads": onnx,
+        "parallel_calls": settings.governance.classifier.parallel_calls,
         "memo_size": settings.governance.classifier.memo_size,
         "event_partitions": EVENT_PARTITIONS,
         "shapes": rows,

@@ -149,6 +149,12 @@ class ClassifierConfig(_Frozen):
     )
     max_seq_tokens: int = Field(default=128, gt=8, le=512, description="WordPiece truncation.")
     intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per worker.")
+    parallel_calls: int = Field(
+        default=1,
+        ge=1,
+        description="ONNX calls one embedding request runs at once, each on its own thread "
+        "(its length groups, halves of a large one); the same bits for any value.",
+    )
     batch_size: int = Field(default=32, ge=1, description="Texts per ONNX call in the flow.")
     out_of_scope_threshold: float = Field(
         default=0.5, ge=0, le=1, description="Out-of-scope probability above which a text is OOS."

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitpin.core.router.classifier import Classifier
 from splitpin.core.router.embedder import (
@@ -21,6 +23,7 @@ from splitpin.core.router.embedder import (
     TOKENIZER_PACKAGE,
     TOKENIZER_RESOURCE,
     Embedder,
+    plan_calls,
     read_verified,
 )
 from splitpin.errors import ConfigError
@@ -96,6 +99,50 @@ def test_embedding_is_bit_identical_in_any_batch(
 def test_embedding_is_bit_identical_with_two_threads(alone: np.ndarray) -> None:
     two = Embedder.load(max_seq_tokens=128, intra_op_threads=2, memo_size=0)
     assert np.array_equal(two.embed(TEXTS), alone)
+
+
+@pytest.mark.parametrize("run_threads", [2, 3])
+def test_embedding_is_bit_identical_with_parallel_calls(
+    alone: np.ndarray, run_threads: int
+) -> None:
+    parallel = Embedder.load(
+        max_seq_tokens=128, intra_op_threads=1, memo_size=0, run_threads=run_threads
+    )
+    done: list[int] = []
+    out = parallel.embed(TEXTS, max_batch=2, progress=done.append)
+    assert np.array_equal(out, alone)
+    assert sum(done) == len(TEXTS), "progress counts every row once"
+    assert np.array_equal(parallel.embed(TEXTS[1:2]), alone[1:2])  # one call: inline
+
+
+def test_a_failing_parallel_call_raises_in_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    parallel = Embedder.load(max_seq_tokens=128, intra_op_threads=1, memo_size=0, run_threads=2)
+
+    def fail(ids: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnx call failed")
+
+    monkeypatch.setattr(parallel, "_run", fail)
+    with pytest.raises(RuntimeError, match="onnx call failed"):
+        parallel.embed(TEXTS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), max_size=40),
+    max_batch=st.integers(1, 8),
+    threads=st.integers(1, 4),
+)
+def test_calls_cover_each_row_once_with_one_length_per_call(
+    lengths: list[int], max_batch: int, threads: int
+) -> None:
+    ids = [[7] * n for n in lengths]
+    calls = plan_calls(ids, max_batch, threads)
+    assert sorted(i for call in calls for i in call) == list(range(len(ids)))
+    for call in calls:
+        assert call and len(call) <= max_batch
+        assert len({len(ids[i]) for i in call}) == 1, "one exact token count per call"
+    if threads > 1:
+        assert len(calls) >= min(threads, len(ids)), "work for every thread when rows allow"
 
 
 def test_the_memo_returns_what_computing_again_would(

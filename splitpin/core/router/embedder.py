@@ -12,6 +12,13 @@ token count and every group runs unpadded: a row always sees the same input as w
 text runs alone, and only the batch dimension varies (tested bit-for-bit in
 tests/unit/test_router_embedder.py). It is also the faster choice here: no compute is
 spent on padding, which costs more than batching gains on a 2-core CPU.
+
+Parallel calls. One session with one intra-op thread runs a small row in about 4 ms on this
+box, and splitting one small matrix product across threads gains little. So one `embed`
+call instead runs its length groups (and halves of a large group) as separate ONNX calls on
+`run_threads` threads at once: onnxruntime's `run` releases the GIL and is safe to call
+concurrently on one session. A row is computed by the same call shape as when it runs
+alone, so the bits do not depend on the thread count either.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import resources
 
@@ -78,9 +86,17 @@ class Embedder:
         tokenizer: Tokenizer,
         max_seq_tokens: int,
         memo_size: int | None = None,
+        run_threads: int = 1,
     ):
         self._session = session
         self._tokenizer = tokenizer
+        self._run_threads = max(1, run_threads)
+        self._pool = (
+            ThreadPoolExecutor(self._run_threads, thread_name_prefix="onnx")
+            if self._run_threads > 1
+            else None
+        )
+        """Its threads start with the first call that has work for more than one."""
         size = MEMO_SIZE if memo_size is None else memo_size
         self._memo: LruMemo[str, FloatArray] = LruMemo(size)
         self._id_memo: LruMemo[bytes, FloatArray] = LruMemo(size)
@@ -106,6 +122,7 @@ class Embedder:
         max_seq_tokens: int = 128,
         intra_op_threads: int = 1,
         memo_size: int | None = None,
+        run_threads: int = 1,
     ) -> Embedder:
         """Load both files from the installed packages, verifying their pinned hashes."""
         model = read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
@@ -126,7 +143,7 @@ class Embedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return cls(session, tokenizer, max_seq_tokens, memo_size)
+        return cls(session, tokenizer, max_seq_tokens, memo_size, run_threads)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids with [CLS]/[SEP], truncated to max_seq_tokens."""
@@ -195,17 +212,24 @@ class Embedder:
         progress: Callable[[int], object] | None,
     ) -> FloatArray:
         out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
-        by_length: dict[int, list[int]] = {}
-        for i, seq in enumerate(ids):
-            by_length.setdefault(len(seq), []).append(i)
-        for length in sorted(by_length):
-            members = by_length[length]
-            for start in range(0, len(members), max_batch):
-                chunk = members[start : start + max_batch]
-                batch = np.array([ids[i] for i in chunk], dtype=np.int64).reshape(-1, length)
-                out[chunk] = self._pool(self._run(batch))
+        calls = plan_calls(ids, max_batch, self._run_threads)
+
+        def compute(chunk: list[int]) -> list[int]:
+            length = len(ids[chunk[0]])
+            batch = np.array([ids[i] for i in chunk], dtype=np.int64).reshape(-1, length)
+            out[chunk] = self._pool_rows(self._run(batch))
+            return chunk
+
+        if self._pool is None or len(calls) == 1:
+            for chunk in calls:
+                compute(chunk)
                 if progress is not None:
                     progress(len(chunk))
+            return out
+        for done in as_completed([self._pool.submit(compute, chunk) for chunk in calls]):
+            chunk = done.result()
+            if progress is not None:
+                progress(len(chunk))
         return out
 
     def _run(self, input_ids: npt.NDArray[np.int64]) -> FloatArray:
@@ -218,7 +242,7 @@ class Embedder:
         return np.asarray(hidden, dtype=np.float32)
 
     @staticmethod
-    def _pool(hidden: FloatArray) -> FloatArray:
+    def _pool_rows(hidden: FloatArray) -> FloatArray:
         """Mean over tokens (all real: groups are unpadded), then L2 normalisation.
 
         The model outputs `last_hidden_state` only; sentence-transformers' MiniLM pools by
@@ -231,6 +255,31 @@ class Embedder:
             norm = float(np.sqrt(np.dot(pooled, pooled)))
             out[k] = pooled / max(norm, 1e-12)
         return out
+
+
+def plan_calls(ids: Sequence[Sequence[int]], max_batch: int, threads: int) -> list[list[int]]:
+    """The ONNX calls for `ids`, as row indexes: one exact token count per call, at most
+    `max_batch` rows, and (for `threads` > 1) the largest calls halved until there are at
+    least `threads` of them, so a single large group still spreads over the threads.
+    Biggest first, so the pool's last call is a small one."""
+    by_length: dict[int, list[int]] = {}
+    for i, seq in enumerate(ids):
+        by_length.setdefault(len(seq), []).append(i)
+    calls = [
+        members[start : start + max_batch]
+        for _, members in sorted(by_length.items())
+        for start in range(0, len(members), max_batch)
+    ]
+    while threads > 1 and 0 < len(calls) < threads:
+        largest = max(range(len(calls)), key=lambda k: len(calls[k]))
+        rows = calls[largest]
+        if len(rows) < 2:
+            break
+        half = len(rows) // 2
+        calls[largest : largest + 1] = [rows[:half], rows[half:]]
+    if threads > 1:
+        calls.sort(key=lambda rows: len(rows) * len(ids[rows[0]]), reverse=True)
+    return calls
 
 
 def _fill(rows: Sequence[FloatArray | None], at: Sequence[int], out: FloatArray) -> list[int]:
