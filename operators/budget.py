@@ -625,7 +625,7 @@ class _TenantLogic(StatefulLogic[BudgetInput, BudgetOutput, bytes]):
     def _report_remaining(self, tenant_id: str) -> None:
         label = "shadow" if self._gate.shadow else gauge_tenant(self._gate.governance, tenant_id)
         remaining = self._gate.remaining_usd(self._ledger, tenant_id)
-        metrics.BUDGET_REMAINING.labels(label).set(remaining)
+        metrics.child(metrics.BUDGET_REMAINING, label).set(remaining)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from wsgiref.simple_server import make_server
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:
     from splitpin.schemas.metrics import CostRecord
@@ -189,7 +190,7 @@ def observe_call(record: CostRecord) -> None:
     """One model call's cost record into the call, token and cost counters."""
     provider, request_model = gen_ai_labels(record)
     count(MODEL_CALLS, record.role, record.model, provider, request_model)
-    MODEL_CALL_SECONDS.labels(record.role, provider, request_model).observe(
+    child(MODEL_CALL_SECONDS, record.role, provider, request_model).observe(
         record.latency_ms / 1000
     )
     count(MODEL_TOKENS, record.model, "in", provider, request_model, amount=record.tokens_in)
@@ -199,18 +200,27 @@ def observe_call(record: CostRecord) -> None:
 
 
 def observe_reply(kind: str, route: str, seconds: float) -> None:
-    REPLY_SECONDS.labels(kind, route).observe(seconds)
+    child(REPLY_SECONDS, kind, route).observe(seconds)
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 @cache
-def _child(counter: Counter, labels: tuple[str, ...]) -> Counter:
-    return counter.labels(*labels)
+def _child(metric: MetricWrapperBase, labels: tuple[str, ...]) -> Any:
+    return metric.labels(*labels)
+
+
+def child(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, remembered: `labels()` is per-event hot-path work (label
+    validation under a lock, ~1 us against ~0.2 us here) and our label sets are small
+    and fixed."""
+    return cast(M, _child(metric, labels))
 
 
 def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
-    """Increment a labelled counter; children are cached because `labels()` is per-event
-    hot-path work (label validation under a lock) and our label sets are small and fixed."""
-    _child(counter, labels).inc(amount)
+    """Increment a labelled counter."""
+    child(counter, *labels).inc(amount)
 
 
 LIVE_PATH = "/livez"
