@@ -211,6 +211,7 @@ class KnowledgeBase:
     idf: Mapping[str, float] = field(init=False)
     _by_id: Mapping[str, int] = field(init=False)
     _by_intent: Mapping[str, int] = field(init=False)
+    _intent_sources: Mapping[str, SourceDoc] = field(init=False)
     sort_keys: tuple[tuple[str, int, str], ...] = field(init=False)
     """`doc_sort_key` of each article, in `articles` order: computed once, not per query."""
     intent_labels: frozenset[str] = field(init=False)
@@ -229,6 +230,8 @@ class KnowledgeBase:
         object.__setattr__(self, "_by_id", {a.doc_id: i for i, a in enumerate(self.articles)})
         by_intent = {a.intent: i for i, a in enumerate(self.articles) if a.intent is not None}
         object.__setattr__(self, "_by_intent", by_intent)
+        intent_sources = {name: self.articles[i].as_source(1.0) for name, i in by_intent.items()}
+        object.__setattr__(self, "_intent_sources", intent_sources)
         object.__setattr__(self, "sort_keys", tuple(doc_sort_key(a.doc_id) for a in self.articles))
         labels = frozenset(a.intent for a in self.articles if a.intent)
         object.__setattr__(self, "intent_labels", labels)
@@ -264,6 +267,11 @@ class KnowledgeBase:
     def article_for_intent(self, intent: str) -> Article | None:
         i = self._by_intent.get(intent)
         return None if i is None else self.articles[i]
+
+    def intent_source(self, intent: str) -> SourceDoc | None:
+        """The article labelled with `intent` as a score-1 source, built once per base (a
+        frozen model: every event with a sure intent asks for it, some twice)."""
+        return self._intent_sources.get(intent)
 
     def idf_weight(self, word: str) -> float:
         """Unseen words weigh as much as the rarest: they count against coverage."""
@@ -503,8 +511,7 @@ class Retriever:
     def intent_source(self, kb_name: str, intent: str) -> SourceDoc | None:
         """The article labelled with `intent`, as a source (score 1: chosen by the router's
         intent, not by similarity), or None when the base has none."""
-        article = self._bases[kb_name].article_for_intent(intent)
-        return None if article is None else article.as_source(1.0)
+        return self._bases[kb_name].intent_source(intent)
 
     def intents(self, kb_name: str) -> frozenset[str]:
         """Every intent label the base's articles carry."""
