@@ -311,6 +311,12 @@ def window_costs(
         CostWindow,
         CostWindow.add,
         CostWindow.merge,
+        # CostWindow's result does not depend on the order of its calls (see its doc).
+        # Ordered mode holds every record in a queue until the watermark passes it and
+        # re-partitions that whole queue on every batch: quadratic in a burst, and the
+        # queue is pickled into every snapshot. Unordered, a record joins its window at
+        # once; windows still close, and late records are still told apart, by watermark.
+        ordered=False,
     )
     closed: KeyedStream[WindowItem] = op.map_value("closed", windows.down, _as_item)
     late: KeyedStream[WindowItem] = op.map_value("late", windows.late, _as_item)
