@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitpin.core.router.heads import (
     LinearHead,
@@ -97,3 +100,51 @@ def test_npz_is_byte_reproducible(tmp_path: Path) -> None:
     loaded = load_npz(tmp_path / "a.npz")
     assert set(loaded) == {"w", "b"}
     assert np.array_equal(loaded["w"], arrays["w"]) and loaded["w"].dtype == np.float16
+
+
+def _reference_row(featurizer: TextFeaturizer, text: str) -> tuple[list[int], list[float]]:
+    """TF-IDF as written once, n-gram by n-gram: what the remembered word columns replace."""
+    out_cols: list[int] = []
+    out_vals: list[float] = []
+    blocks = (
+        (word_ngrams(text), featurizer.word_vocab, featurizer.word_idf, 0),
+        (char_ngrams(text), featurizer.char_vocab, featurizer.char_idf, len(featurizer.word_vocab)),
+    )
+    for grams, vocab, idf, offset in blocks:
+        index = {g: offset + i for i, g in enumerate(vocab)}
+        counts = Counter(index[g] for g in grams if g in index)
+        if not counts:
+            continue
+        cols = np.array(sorted(counts), dtype=np.int32)
+        tf = np.array([counts[int(c)] for c in cols], dtype=np.float32)
+        vals = (1.0 + np.log(tf)) * idf[cols - offset]
+        vals = (vals / float(np.sqrt(np.dot(vals, vals)))).astype(np.float32)
+        out_cols += cols.tolist()
+        out_vals += vals.tolist()
+    return out_cols, out_vals
+
+
+_CORPUS = [
+    "my card was stolen yesterday",
+    "how do I top up my card by bank transfer",
+    "the exchange rate for euros looks wrong",
+    "Card card CARD payment declined",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    words=st.lists(
+        st.sampled_from(["card", "my", "top", "up", "euros", "Card", "stolen", "zz", "a"])
+        | st.text(min_size=1, max_size=8),
+        max_size=25,
+    )
+)
+def test_transform_is_bit_identical_to_counting_each_ngram(words: list[str]) -> None:
+    featurizer = TextFeaturizer.fit(_CORPUS * 2, max_words=50, max_chars=200)
+    text = normalize(" ".join(words))
+    for _ in range(2):  # cold, then with every word's columns remembered
+        row = featurizer.transform(text)
+        cols, vals = _reference_row(featurizer, text)
+        assert row.indices.tolist() == cols
+        assert row.values.tobytes() == np.asarray(vals, dtype=np.float32).tobytes()

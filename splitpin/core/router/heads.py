@@ -35,6 +35,8 @@ FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int32]
 
 _WORD = re.compile(r"\b\w\w+\b")
+MAX_REMEMBERED_WORDS = 200_000
+"""Words whose character n-gram columns a featurizer remembers (a few tens of MB at most)."""
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -88,6 +90,9 @@ class TextFeaturizer:
         self._word_index = {g: i for i, g in enumerate(self.word_vocab)}
         offset = len(self.word_vocab)
         self._char_index = {g: offset + i for i, g in enumerate(self.char_vocab)}
+        self._char_columns: dict[str, tuple[int, ...]] = {}
+        """Word -> the columns of its character n-grams: words repeat across texts far more
+        than texts do, and generating and looking up each n-gram was most of `transform`."""
 
     @property
     def dim(self) -> int:
@@ -118,20 +123,33 @@ class TextFeaturizer:
 
     def transform(self, text: str) -> SparseRow:
         """The features of one text (already normalized)."""
-        word_idx, word_val = self._block(word_ngrams(text), self._word_index, self.word_idf, 0)
-        char_idx, char_val = self._block(
-            char_ngrams(text), self._char_index, self.char_idf, len(self.word_vocab)
-        )
+        word_index = self._word_index
+        word_cols = [word_index[g] for g in word_ngrams(text) if g in word_index]
+        char_cols: list[int] = []
+        for word in text.lower().split():
+            known = self._char_columns.get(word)
+            if known is None:
+                known = self._columns_of_word(word)
+            char_cols.extend(known)
+        word_idx, word_val = self._block(word_cols, self.word_idf, 0)
+        char_idx, char_val = self._block(char_cols, self.char_idf, len(self.word_vocab))
         return SparseRow(
             indices=np.concatenate([word_idx, char_idx]).astype(np.int32),
             values=np.concatenate([word_val, char_val]).astype(np.float32),
         )
 
+    def _columns_of_word(self, word: str) -> tuple[int, ...]:
+        """`char_ngrams` of one word, as columns (n-grams outside the vocabulary dropped)."""
+        index = self._char_index
+        columns = tuple(index[g] for g in char_ngrams(word) if g in index)
+        if len(self._char_columns) >= MAX_REMEMBERED_WORDS:
+            self._char_columns.clear()  # hostile text cannot grow it without bound
+        self._char_columns[word] = columns
+        return columns
+
     @staticmethod
-    def _block(
-        grams: list[str], index: Mapping[str, int], idf: FloatArray, offset: int
-    ) -> tuple[IndexArray, FloatArray]:
-        counts = Counter(index[g] for g in grams if g in index)
+    def _block(columns: list[int], idf: FloatArray, offset: int) -> tuple[IndexArray, FloatArray]:
+        counts = Counter(columns)
         if not counts:
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
         cols = np.array(sorted(counts), dtype=np.int32)
