@@ -1,0 +1,77 @@
+"""What classifying first-seen text costs, turn by turn, in the order the benchmarks publish it.
+
+`flow_throughput.py`'s phase 2 publishes the sample's customer turns in time order at R/s
+to a fresh process, so every turn of the first pass is text the classifier has never seen
+(no memo can answer it). This replays that pass in process with the shipped classifier
+config: one `classify_batch` per turn, as the flow does at a trickle, and prints the
+time per turn and per stretch of the sample next to the time those turns take to arrive.
+Where a stretch needs more classification than its arrival time, a flow at that rate
+builds a backlog there however fast the rest of it is: that bounds the decision p99.
+
+    PYTHONPATH=. .venv/bin/python bench/first_seen.py [--rate 100] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.flow_throughput import SAMPLE_EVENTS, load_templates
+from splitpin.core.router.classifier import Classifier, pieces
+from splitpin.core.settings import load_settings
+
+STRETCH = 25
+"""Turns per stretch in the table: a quarter of a second of arrivals at 100/s."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rate", type=float, default=100.0, help="arrival rate R (100/s)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object line")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = load_settings()
+    config = settings.governance.classifier
+    classifier = Classifier.load(config, settings.governance.routing)
+    classifier.classify_batch(["warm-up: where is my card?", "hi"])  # as build_flow does
+    turns = load_templates(Path(SAMPLE_EVENTS))
+    seconds: list[float] = []
+    for turn in turns:
+        started = time.perf_counter()
+        classifier.classify_batch([turn["text"]])
+        seconds.append(time.perf_counter() - started)
+    ranked = sorted(seconds)
+    n = len(ranked)
+    print(
+        f"{n} customer turns of {SAMPLE_EVENTS}, first seen, classifier intra_op_threads="
+        f"{config.intra_op_threads} parallel_calls={config.parallel_calls}; "
+        f"arrivals at {args.rate:g}/s"
+    )
+    print(
+        f"per turn: p50 {ranked[n // 2] * 1e3:.1f} ms, p90 {ranked[int(n * 0.9)] * 1e3:.1f}, "
+        f"p99 {ranked[int(n * 0.99)] * 1e3:.1f}, max {ranked[-1] * 1e3:.1f}; "
+        f"total {sum(seconds):.2f} s for {n / args.rate:.2f} s of arrivals"
+    )
+    print(f"{'turns':>9} {'pieces':>7} {'classify s':>10} {'arrive s':>9}  backlog")
+    stretches = []
+    for lo in range(0, n, STRETCH):
+        part = seconds[lo : lo + STRETCH]
+        work = sum(part)
+        arrive = len(part) / args.rate
+        count = sum(len(pieces(t["text"], config.max_seq_tokens)) for t in turns[lo : lo + STRETCH])
+        stretches.append({"first": lo, "turns": len(part), "pieces": count, "classify_s": work})
+        flag = "  <- more work than arrival time" if work > arrive else ""
+        print(f"{lo:>4}-{lo + len(part) - 1:<4} {count:>7} {work:>10.2f} {arrive:>9.2f}{flag}")
+    if args.json:
+        print(json.dumps({"rate": args.rate, "seconds": seconds, "stretches": stretches}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
