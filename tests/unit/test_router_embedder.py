@@ -101,12 +101,12 @@ def test_embedding_is_bit_identical_with_two_threads(alone: np.ndarray) -> None:
     assert np.array_equal(two.embed(TEXTS), alone)
 
 
-@pytest.mark.parametrize("run_threads", [2, 3])
+@pytest.mark.parametrize("parallel_calls", [2, 3])
 def test_embedding_is_bit_identical_with_parallel_calls(
-    alone: np.ndarray, run_threads: int
+    alone: np.ndarray, parallel_calls: int
 ) -> None:
     parallel = Embedder.load(
-        max_seq_tokens=128, intra_op_threads=1, memo_size=0, run_threads=run_threads
+        max_seq_tokens=128, intra_op_threads=1, memo_size=0, parallel_calls=parallel_calls
     )
     done: list[int] = []
     out = parallel.embed(TEXTS, max_batch=2, progress=done.append)
@@ -116,7 +116,7 @@ def test_embedding_is_bit_identical_with_parallel_calls(
 
 
 def test_a_failing_parallel_call_raises_in_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
-    parallel = Embedder.load(max_seq_tokens=128, intra_op_threads=1, memo_size=0, run_threads=2)
+    parallel = Embedder.load(max_seq_tokens=128, intra_op_threads=1, memo_size=0, parallel_calls=2)
 
     def fail(ids: np.ndarray) -> np.ndarray:
         raise RuntimeError("onnx call failed")

@@ -199,7 +199,7 @@ class Classifier:
             max_seq_tokens=classifier.max_seq_tokens,
             intra_op_threads=classifier.intra_op_threads,
             memo_size=classifier.embedding_memo_size,
-            run_threads=classifier.parallel_calls,
+            parallel_calls=classifier.parallel_calls,
         )
         return cls(embedder, bundle, classifier, routing)
 

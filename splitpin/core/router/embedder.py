@@ -16,7 +16,7 @@ spent on padding, which costs more than batching gains on a 2-core CPU.
 Parallel calls. One session with one intra-op thread runs a small row in about 4 ms on this
 box, and splitting one small matrix product across threads gains little. So one `embed`
 call instead runs its length groups (and halves of a large group) as separate ONNX calls on
-`run_threads` threads at once: onnxruntime's `run` releases the GIL and is safe to call
+`parallel_calls` threads at once: onnxruntime's `run` releases the GIL and is safe to call
 concurrently on one session. A row is computed by the same call shape as when it runs
 alone, so the bits do not depend on the thread count either.
 """
@@ -86,14 +86,14 @@ class Embedder:
         tokenizer: Tokenizer,
         max_seq_tokens: int,
         memo_size: int | None = None,
-        run_threads: int = 1,
+        parallel_calls: int = 1,
     ):
         self._session = session
         self._tokenizer = tokenizer
-        self._run_threads = max(1, run_threads)
+        self._parallel_calls = max(1, parallel_calls)
         self._pool = (
-            ThreadPoolExecutor(self._run_threads, thread_name_prefix="onnx")
-            if self._run_threads > 1
+            ThreadPoolExecutor(self._parallel_calls, thread_name_prefix="onnx")
+            if self._parallel_calls > 1
             else None
         )
         """Its threads start with the first call that has work for more than one."""
@@ -122,7 +122,7 @@ class Embedder:
         max_seq_tokens: int = 128,
         intra_op_threads: int = 1,
         memo_size: int | None = None,
-        run_threads: int = 1,
+        parallel_calls: int = 1,
     ) -> Embedder:
         """Load both files from the installed packages, verifying their pinned hashes."""
         model = read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
@@ -143,7 +143,7 @@ class Embedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        return cls(session, tokenizer, max_seq_tokens, memo_size, run_threads)
+        return cls(session, tokenizer, max_seq_tokens, memo_size, parallel_calls)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids with [CLS]/[SEP], truncated to max_seq_tokens."""
@@ -212,7 +212,7 @@ class Embedder:
         progress: Callable[[int], object] | None,
     ) -> FloatArray:
         out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
-        calls = plan_calls(ids, max_batch, self._run_threads)
+        calls = plan_calls(ids, max_batch, self._parallel_calls)
 
         def compute(chunk: list[int]) -> list[int]:
             length = len(ids[chunk[0]])
