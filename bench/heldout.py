@@ -87,6 +87,14 @@ def heldout_rows(data_dir: Path, part: Part = "all") -> tuple[list[HeldOut], int
     return kept, dropped
 
 
+def as_email(text: str, rng: random.Random) -> str:
+    """The question wrapped as a short email: a greeting, the question as a sentence, a
+    sign-off and a name, each drawn from `rng` (the lists above)."""
+    sentence = text if text[-1:] in ".?!" else f"{text}."
+    greeting = rng.choice(_GREETINGS)
+    return f"{greeting}\n\n{sentence}\n\n{rng.choice(_SIGN_OFFS)}\n{rng.choice(_NAMES)}"
+
+
 def build_traffic(
     rows: Sequence[HeldOut],
     compliance_intents: Sequence[str],
@@ -108,11 +116,7 @@ def build_traffic(
         channel = "email" if i in emails else "chat"
         text = row.text
         if channel == "email":
-            sentence = text if text[-1:] in ".?!" else f"{text}."
-            text = (
-                f"{rng.choice(_GREETINGS)}\n\n{sentence}\n\n"
-                f"{rng.choice(_SIGN_OFFS)}\n{rng.choice(_NAMES)}"
-            )
+            text = as_email(text, rng)
         conversation_id = f"heldout-{channel}-{i:04d}"
         event_id = f"{conversation_id}-001"
         events.append(
