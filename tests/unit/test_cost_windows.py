@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from splitpin.operators.cost_windows import (
     CostWindow,
@@ -69,6 +71,36 @@ def test_cost_does_not_depend_on_arrival_order() -> None:
     forward = window_of(*records).finish(T0, T0 + MINUTE)
     backward = window_of(*reversed(records)).finish(T0, T0 + MINUTE)
     assert forward == backward
+
+
+_calls = st.lists(
+    st.tuples(
+        st.integers(0, 12),  # record id: repeats are re-emitted records
+        st.floats(0, 5, allow_nan=False),  # cost_usd
+        st.floats(0, 60_000, allow_nan=False),  # latency_ms
+        st.integers(0, 5_000),  # tokens_in
+        st.booleans(),  # escalated
+    ),
+    max_size=30,
+    unique_by=lambda call: call[0],  # a re-emission repeats its record exactly
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(calls=_calls, data=st.data())
+def test_a_window_is_the_same_in_any_arrival_order_with_any_re_emissions(
+    calls: list[tuple[int, float, float, int, bool]], data: st.DataObject
+) -> None:
+    """What folding cost windows unordered (operators/cost_windows.window_costs) rests on:
+    no order of the records, and no re-emission of some of them, changes the window."""
+    records = [
+        record(f"e{n}:0", cost_usd=c, latency_ms=ms, tokens_in=t, escalated=e)
+        for n, c, ms, t, e in calls
+    ]
+    again = data.draw(st.lists(st.sampled_from(records), max_size=10)) if records else []
+    shuffled = data.draw(st.permutations([*records, *again]))
+    expected = window_of(*records).finish(T0, T0 + MINUTE)
+    assert window_of(*shuffled).finish(T0, T0 + MINUTE) == expected
 
 
 def test_nearest_rank_percentiles() -> None:
