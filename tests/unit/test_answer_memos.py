@@ -109,8 +109,22 @@ def fresh_classifier() -> Classifier:
     return Classifier.load(ClassifierConfig(), RoutingConfig())
 
 
+@pytest.fixture
+def featurized(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the n-gram featurizer transforms from now on (clear it to start counting)."""
+    texts: list[str] = []
+    transform = TextFeaturizer.transform
+
+    def spy(self: TextFeaturizer, text: str):  # type: ignore[no-untyped-def]
+        texts.append(text)
+        return transform(self, text)
+
+    monkeypatch.setattr(TextFeaturizer, "transform", spy)
+    return texts
+
+
 def test_the_verifier_reads_the_routers_intent_rows(
-    fresh_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+    fresh_classifier: Classifier, featurized: list[str]
 ) -> None:
     """Turns the router classified are scored by the intent head once, not per job; the
     rows are the ones a classifier that never saw them computes."""
@@ -122,14 +136,7 @@ def test_the_verifier_reads_the_routers_intent_rows(
     reference = fresh_classifier.intent_probabilities(turns)
     classifier = Classifier.load(ClassifierConfig(), RoutingConfig())
     classifier.classify_batch(turns)
-    featurized: list[str] = []
-    transform = TextFeaturizer.transform
-
-    def spy(self: TextFeaturizer, text: str):  # type: ignore[no-untyped-def]
-        featurized.append(text)
-        return transform(self, text)
-
-    monkeypatch.setattr(TextFeaturizer, "transform", spy)
+    featurized.clear()
     for _ in range(3):  # three jobs of the conversation score the same recent turns
         assert np.array_equal(classifier.intent_probabilities(turns), reference)
     assert featurized == []
@@ -138,16 +145,9 @@ def test_the_verifier_reads_the_routers_intent_rows(
     assert np.array_equal(extra, fresh_classifier.intent_probabilities([*turns, "top up failed"]))
 
 
-def test_intent_rows_are_forgotten_beyond_the_memo_size(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_intent_rows_are_forgotten_beyond_the_memo_size(featurized: list[str]) -> None:
     classifier = Classifier.load(ClassifierConfig(embedding_memo_size=2), RoutingConfig())
-    featurized: list[str] = []
-    transform = TextFeaturizer.transform
-
-    def spy(self: TextFeaturizer, text: str):  # type: ignore[no-untyped-def]
-        featurized.append(text)
-        return transform(self, text)
-
-    monkeypatch.setattr(TextFeaturizer, "transform", spy)
+    featurized.clear()
     classifier.intent_probabilities(["a card", "a fee", "a PIN"])
     classifier.intent_probabilities(["a card"])  # the oldest of three, with room for two
     assert featurized == ["a card", "a fee", "a PIN", "a card"]
