@@ -91,7 +91,7 @@ class Embedder:
         self._session = session
         self._tokenizer = tokenizer
         self._parallel_calls = max(1, parallel_calls)
-        self._pool = (
+        self._threads = (
             ThreadPoolExecutor(self._parallel_calls, thread_name_prefix="onnx")
             if self._parallel_calls > 1
             else None
@@ -220,13 +220,13 @@ class Embedder:
             out[chunk] = self._pool_rows(self._run(batch))
             return chunk
 
-        if self._pool is None or len(calls) == 1:
+        if self._threads is None or len(calls) == 1:
             for chunk in calls:
                 compute(chunk)
                 if progress is not None:
                     progress(len(chunk))
             return out
-        for done in as_completed([self._pool.submit(compute, chunk) for chunk in calls]):
+        for done in as_completed([self._threads.submit(compute, chunk) for chunk in calls]):
             chunk = done.result()
             if progress is not None:
                 progress(len(chunk))
