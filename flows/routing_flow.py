@@ -36,6 +36,7 @@ from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.outputs import Sink
 
 from splitpin.core import metrics, tokens
+from splitpin.core.kafka.admin import earliest_offset
 from splitpin.core.kafka.client_config import security_config
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.core.router.classifier import Classifier
@@ -130,23 +131,44 @@ class _EpochSignal(StatefulSourcePartition[_KafkaItem, int | None]):
 
 
 class _SignallingKafkaSource(KafkaSource):
+    """Bytewax's Kafka source whose partitions signal closed epochs (`_EpochSignal`) and,
+    with no snapshot, start at the offset `earliest_offset` looks up: the same records as
+    OFFSET_BEGINNING, without librdkafka's 500 ms back-off before it resolves that itself."""
+
+    def __init__(self, settings: Settings, topic: str, *, tail: bool) -> None:
+        config = {
+            "logger": LIBRDKAFKA_LOGGER,
+            # An offset the broker no longer holds (retention passed a snapshot's offset)
+            # resumes at the oldest record kept, never at the end (librdkafka's default).
+            "auto.offset.reset": "earliest",
+            **security_config(settings.kafka),
+        }
+        super().__init__(
+            [settings.bootstrap_servers],
+            [topic],
+            tail=tail,
+            batch_size=settings.source_batch_size,
+            add_config=config,  # Bytewax passes it to its consumers and admin client alike
+        )
+        self._bootstrap = settings.bootstrap_servers
+        self._lookup_config = security_config(settings.kafka)
+        self._timeout_s = settings.startup_timeout_s
+
     def build_part(  # type: ignore[override]  # returns a wrapper, not Bytewax's private class
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _EpochSignal:
+        if resume_state is None:
+            index, topic = for_part.split("-", 1)
+            resume_state = earliest_offset(
+                self._bootstrap, topic, int(index), self._timeout_s, config=self._lookup_config
+            )
         return _EpochSignal(super().build_part(step_id, for_part, resume_state))
 
 
 def kafka_source(settings: Settings, topic: str, *, tail: bool) -> KafkaSource:
     """Offsets live in Bytewax snapshots (no consumer group), so a resume rewinds exactly.
     `topic` is the physical name (a canary reads the primary's events topic)."""
-    return _SignallingKafkaSource(
-        [settings.bootstrap_servers],
-        [topic],
-        tail=tail,
-        batch_size=settings.source_batch_size,
-        # Bytewax passes this dict to its consumers and admin client alike.
-        add_config={"logger": LIBRDKAFKA_LOGGER, **security_config(settings.kafka)},  # type: ignore[dict-item]
-    )
+    return _SignallingKafkaSource(settings, topic, tail=tail)
 
 
 def _raw(

@@ -178,15 +178,7 @@ def topic_record_counts(
     names = list(topics)
     client = _Admin(bootstrap, config)
     listed = _list_topics(client, timeout_s)
-    consumer = Consumer(
-        {
-            **(config or {}),
-            "bootstrap.servers": bootstrap,
-            "logger": LIBRDKAFKA_LOGGER,
-            "group.id": "splitpin-watermarks",  # required; never joined, nothing committed
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = _watermark_consumer(bootstrap, config)
     counts: dict[str, int] = {}
     try:
         for name in names:
@@ -205,6 +197,46 @@ def topic_record_counts(
     finally:
         consumer.close()
     return counts
+
+
+def earliest_offset(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    timeout_s: float = ADMIN_TIMEOUT_S,
+    *,
+    config: ClientConfig | None = None,
+) -> int:
+    """The offset of the oldest record `partition` keeps (its low watermark).
+
+    Why: a consumer assigned OFFSET_BEGINNING resolves it itself, and librdkafka does that
+    only after a 500 ms back-off; asking first and assigning the number starts the first
+    fetch at once (bench/README.md, "Start-up"). BrokerError when nothing answers.
+    """
+    consumer = _watermark_consumer(bootstrap, config)
+    try:
+        low, _high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s, cached=False
+        )
+    except KafkaException as exc:
+        msg = f"cannot read the watermarks of {topic}[{partition}] at {bootstrap}: {_reason(exc)}"
+        raise BrokerError(msg) from exc
+    finally:
+        consumer.close()
+    return int(low)
+
+
+def _watermark_consumer(bootstrap: str, config: ClientConfig | None) -> Consumer:
+    """A consumer that only reads watermarks: no group joined, nothing committed."""
+    return Consumer(
+        {
+            **(config or {}),
+            "bootstrap.servers": bootstrap,
+            "logger": LIBRDKAFKA_LOGGER,
+            "group.id": "splitpin-watermarks",  # required; never joined, nothing committed
+            "enable.auto.commit": False,
+        }
+    )
 
 
 def create_topics(

@@ -1,0 +1,87 @@
+"""Where the flow's Kafka source starts reading a partition, on the real broker.
+
+With no snapshot it looks up the partition's oldest kept record instead of assigning
+OFFSET_BEGINNING (librdkafka resolves that only after a 500 ms back-off); it must read the
+same records. A snapshot offset that retention has since passed resumes at the oldest
+kept record: librdkafka's default reset would jump to the end and lose the rest.
+"""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from splitpin.core.kafka.admin import admin_client, earliest_offset
+from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.errors import BrokerError
+from splitpin.flows.routing_flow import kafka_source
+from tests.kafka_helpers import TopicSettingsFactory, free_ports
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 10
+DELETED = 4
+"""Records 0-3 are deleted (the low watermark moves to 4), as retention would."""
+
+
+def _topic_with_a_deleted_head(topic_settings: TopicSettingsFactory) -> tuple[str, str]:
+    settings = topic_settings()
+    topic = settings.topic("events")
+    producer = CheckedProducer(settings.bootstrap_servers)
+    for i in range(RECORDS):
+        producer.produce(topic, f"record-{i}".encode(), b"k")
+    producer.flush(30)
+    admin = admin_client(settings.bootstrap_servers)
+    admin.delete_records([TopicPartition(topic, 0, DELETED)])[TopicPartition(topic, 0)].result(30)
+    return settings.bootstrap_servers, topic
+
+
+def _read_to_eof(topic_settings: TopicSettingsFactory, topic: str, resume: int | None) -> list[str]:
+    source = kafka_source(topic_settings(), topic, tail=False)
+    part = source.build_part("in", f"0-{topic}", resume)
+    values: list[str] = []
+    try:
+        for _ in range(10_000):
+            try:
+                batch = part.next_batch()
+            except StopIteration:
+                return values
+            values += [m.value.decode() for m in batch if m.value is not None]  # type: ignore[union-attr]
+    finally:
+        part.close()
+    pytest.fail(f"no end of partition after {values}")
+
+
+def test_earliest_offset_is_the_low_watermark(topic_settings: TopicSettingsFactory) -> None:
+    bootstrap, topic = _topic_with_a_deleted_head(topic_settings)
+    assert earliest_offset(bootstrap, topic, 0, 10) == DELETED
+
+
+def test_a_partition_without_snapshot_reads_every_kept_record(
+    topic_settings: TopicSettingsFactory,
+) -> None:
+    _, topic = _topic_with_a_deleted_head(topic_settings)
+    part = kafka_source(topic_settings(), topic, tail=False).build_part("in", f"0-{topic}", None)
+    try:
+        assert part.snapshot() == DELETED  # what Bytewax would store before any read
+    finally:
+        part.close()
+    assert _read_to_eof(topic_settings, topic, None) == [
+        f"record-{i}" for i in range(DELETED, RECORDS)
+    ]
+
+
+def test_a_snapshot_offset_retention_passed_resumes_at_the_oldest_kept_record(
+    topic_settings: TopicSettingsFactory,
+) -> None:
+    _, topic = _topic_with_a_deleted_head(topic_settings)
+    assert _read_to_eof(topic_settings, topic, 1) == [
+        f"record-{i}" for i in range(DELETED, RECORDS)
+    ]
+
+
+def test_earliest_offset_names_the_broker_that_did_not_answer() -> None:
+    (port,) = free_ports(1)
+    bootstrap = f"127.0.0.1:{port}"
+    with pytest.raises(BrokerError, match=bootstrap):
+        earliest_offset(bootstrap, "nothing-here", 0, 1.0)
