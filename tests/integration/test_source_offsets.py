@@ -1,4 +1,4 @@
-"""Where the flow's Kafka source starts reading a partition, on the real broker.
+"""Where the flow's Kafka source (and `read_to_end`) start reading, on the real broker.
 
 With no snapshot it looks up the partition's oldest kept record instead of assigning
 OFFSET_BEGINNING (librdkafka resolves that only after a 500 ms back-off); it must read the
@@ -9,10 +9,11 @@ kept record: librdkafka's default reset would jump to the end and lose the rest.
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from splitpin.core.kafka.admin import admin_client, earliest_offset
 from splitpin.core.kafka.producer import CheckedProducer
+from splitpin.core.kafka.reader import read_to_end
 from splitpin.errors import BrokerError
 from splitpin.flows.routing_flow import kafka_source
 from tests.kafka_helpers import TopicSettingsFactory, free_ports
@@ -85,3 +86,23 @@ def test_earliest_offset_names_the_broker_that_did_not_answer() -> None:
     bootstrap = f"127.0.0.1:{port}"
     with pytest.raises(BrokerError, match=bootstrap):
         earliest_offset(bootstrap, "nothing-here", 0, 1.0)
+
+
+def test_read_to_end_reads_the_kept_records_and_skips_an_emptied_partition(
+    topic_settings: TopicSettingsFactory,
+) -> None:
+    """Partition 0 lost its head, partition 1 every record it had (low = high > 0): the
+    reader returns what is kept and does not wait for records that can never come."""
+    settings = topic_settings(partitions=2)
+    topic = settings.topic("events")
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for i in range(RECORDS):
+        producer.produce(topic, f"record-{i}".encode(), partition=0)
+        producer.produce(topic, f"gone-{i}".encode(), partition=1)
+    assert producer.flush(30) == 0
+    admin = admin_client(settings.bootstrap_servers)
+    cut = [TopicPartition(topic, 0, DELETED), TopicPartition(topic, 1, RECORDS)]
+    for future in admin.delete_records(cut).values():
+        future.result(30)
+    values = [m.value() for m in read_to_end(settings.bootstrap_servers, topic, timeout_s=20)]
+    assert values == [f"record-{i}".encode() for i in range(DELETED, RECORDS)]

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from splitpin.core.kafka.client_config import AuthWatch, auth_failure
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
@@ -39,12 +39,15 @@ def read_to_end(
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = sorted(metadata.topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        marks = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             for p in partitions
         }
-        remaining = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        ends = {p: high for p, (_low, high) in marks.items()}
+        remaining = {p for p, (low, high) in marks.items() if high > low}
+        # The low watermark as a number: OFFSET_BEGINNING would cost librdkafka's 500 ms
+        # back-off before the first fetch (bench/first_fetch.py), at every start-up.
+        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in remaining])
         records: list[Message] = []
         deadline = time.monotonic() + timeout_s
         while remaining:
