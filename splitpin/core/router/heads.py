@@ -149,11 +149,12 @@ class TextFeaturizer:
 
     @staticmethod
     def _block(columns: list[int], idf: FloatArray, offset: int) -> tuple[IndexArray, FloatArray]:
-        counts = Counter(columns)
-        if not counts:
+        if not columns:
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
-        cols = np.array(sorted(counts), dtype=np.int32)
-        tf = np.array([counts[int(c)] for c in cols], dtype=np.float32)
+        # Sorted distinct columns and their counts in one call (a third of the featurizer's
+        # time went to counting them in Python); the same float32 values as before.
+        cols, counts = np.unique(np.asarray(columns, dtype=np.int32), return_counts=True)
+        tf = counts.astype(np.float32)
         vals = (1.0 + np.log(tf)) * idf[cols - offset]
         norm = float(np.sqrt(np.dot(vals, vals)))
         return cols, (vals / norm).astype(np.float32)
