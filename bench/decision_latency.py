@@ -21,6 +21,7 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import os
 import platform
 import shlex
@@ -33,11 +34,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from splitpin.core.router.classifier import Classification, Classifier
 from splitpin.core.router.train import DEFAULT_DATA_DIR, HOLDOUT_FRACTION, SEED, stratified_split
 from splitpin.core.settings import REPO_ROOT, load_settings
+from splitpin.core.stats import percentile
 from splitpin.core.tokens import count_tokens
 from splitpin.operators.routing import RoutePlan, Router
 from splitpin.schemas.events import ConversationEvent
@@ -138,13 +138,13 @@ def versions() -> dict[str, str]:
 
 
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1000.0
+    ms = [s * 1000.0 for s in samples_s]
     return {
-        "p50": round(float(np.percentile(ms, 50)), 3),
-        "p90": round(float(np.percentile(ms, 90)), 3),
-        "p99": round(float(np.percentile(ms, 99)), 3),
-        "max": round(float(ms.max()), 3),
-        "mean": round(float(ms.mean()), 3),
+        "p50": round(percentile(ms, 50), 3),
+        "p90": round(percentile(ms, 90), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "max": round(max(ms), 3),
+        "mean": round(math.fsum(ms) / len(ms), 3),
     }
 
 

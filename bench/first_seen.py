@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.flow_throughput import SAMPLE_EVENTS, load_templates
 from splitpin.core.router.classifier import Classifier, pieces
 from splitpin.core.settings import load_settings
+from splitpin.core.stats import nearest_rank
 
 STRETCH = 25
 """Turns per stretch in the table: a quarter of a second of arrivals at 100/s."""
@@ -46,16 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         classifier.classify_batch([turn["text"]])
         seconds.append(time.perf_counter() - started)
-    ranked = sorted(seconds)
-    n = len(ranked)
+    n = len(seconds)
+    ms = [s * 1e3 for s in seconds]
     print(
         f"{n} customer turns of {SAMPLE_EVENTS}, first seen, classifier intra_op_threads="
         f"{config.intra_op_threads} parallel_calls={config.parallel_calls}; "
         f"arrivals at {args.rate:g}/s"
     )
     print(
-        f"per turn: p50 {ranked[n // 2] * 1e3:.1f} ms, p90 {ranked[int(n * 0.9)] * 1e3:.1f}, "
-        f"p99 {ranked[int(n * 0.99)] * 1e3:.1f}, max {ranked[-1] * 1e3:.1f}; "
+        f"per turn: p50 {nearest_rank(ms, 50):.1f} ms, p90 {nearest_rank(ms, 90):.1f}, "
+        f"p99 {nearest_rank(ms, 99):.1f}, max {max(ms):.1f}; "
         f"total {sum(seconds):.2f} s for {n / args.rate:.2f} s of arrivals"
     )
     print(f"{'turns':>9} {'pieces':>7} {'classify s':>10} {'arrive s':>9}  backlog")

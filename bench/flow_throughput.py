@@ -61,6 +61,7 @@ from splitpin.core.kafka.client_config import client_config, security_config
 from splitpin.core.kafka.producer import CheckedProducer, producer_config
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import REPO_ROOT, Settings, load_settings
+from splitpin.core.stats import nearest_rank
 from splitpin.errors import SplitpinError
 
 SAMPLE_EVENTS = REPO_ROOT / "data" / "sample" / "events.jsonl"
@@ -820,12 +821,12 @@ def timeline(timed: Sequence[tuple[int, int]], bucket_ms: int) -> list[TimelineB
 
 def percentiles(values: Sequence[int]) -> Percentiles:
     """Nearest-rank percentiles: with 1 ms data, an observed value beats an interpolated one."""
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return float(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)])
-
-    return Percentiles(rank(50), rank(99), float(ordered[-1]), len(ordered))
+    return Percentiles(
+        float(nearest_rank(values, 50)),
+        float(nearest_rank(values, 99)),
+        float(max(values)),
+        len(values),
+    )
 
 
 def run_latency(

@@ -46,6 +46,7 @@ from bench.heldout import Traffic, build_traffic, heldout_rows
 from splitpin.core.router.classifier import Classifier
 from splitpin.core.router.train import DEFAULT_DATA_DIR
 from splitpin.core.settings import Settings, load_settings
+from splitpin.core.stats import nearest_rank, percentile
 from splitpin.errors import ConfigError
 from splitpin.flows.routing_flow import FlowInputs, build_flow
 from splitpin.flows.sink import OutRecord
@@ -317,14 +318,12 @@ def accuracy(
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    """Nearest-rank q-quantile (q in [0, 1]); NaN for no values."""
+    return nearest_rank(values, q * 100) if values else float("nan")
 
 
 def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    return percentile(values, 50) if values else float("nan")
 
 
 def summarize(

@@ -52,6 +52,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 from tqdm import tqdm
 
+from splitpin.core.stats import nearest_rank
 from splitpin.operators.call_executor import CallExecutor
 from splitpin.operators.model_calls import CallFailed, CallTable, JobStep, model_calls, shard_of
 
@@ -317,17 +318,11 @@ def service_of(args: argparse.Namespace) -> Service:
 # --- figures --------------------------------------------------------------------------------
 
 
-def rank(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile: an observed value, never an interpolated one."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 def ms_figures(values_s: Sequence[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
     return {
-        "p50": round(rank(ms, 50), 3),
-        "p99": round(rank(ms, 99), 3),
+        "p50": round(nearest_rank(ms, 50), 3),
+        "p99": round(nearest_rank(ms, 99), 3),
         "max": round(max(ms), 3),
         "n": len(ms),
     }
@@ -346,7 +341,7 @@ def latency_phase(args: argparse.Namespace, bar: tqdm[Any]) -> dict[str, Any]:
             bar.set_description(f"latency {path} #{repeat + 1}")
             calls = run_path(path, n, limit, gap_s, args).calls
             pooled[path].extend(calls)
-            medians[path].append(rank([c.emitted - c.submitted for c in calls], 50) * 1000)
+            medians[path].append(nearest_rank([c.emitted - c.submitted for c in calls], 50) * 1000)
             bar.update()
     paths: dict[str, Any] = {}
     for path in order:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeAlias, cast
@@ -30,6 +30,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators import windowing as win
 
 from splitpin.core import metrics
+from splitpin.core.stats import nearest_rank
 from splitpin.operators.isolation import Failed, Isolation
 from splitpin.schemas.governance import AccountingConfig
 from splitpin.schemas.metrics import CostRecord, WindowedCost
@@ -59,15 +60,6 @@ class Call(NamedTuple):
     cost_usd: float
     latency_ms: float
     escalated: bool
-
-
-def nearest_rank(sorted_values: Sequence[float], percent: float) -> float:
-    """The nearest-rank percentile: always an observed value, no interpolation, so a
-    window's p50/p95 are the same on every replay and for any arrival order."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(percent / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 @dataclass
@@ -114,7 +106,8 @@ class CostWindow:
     ) -> WindowedCost:
         """The WindowedCost for these calls; `late` makes it a correction (late_records=n)."""
         calls = self.calls.values()
-        latencies = sorted(call.latency_ms for call in calls)
+        # Nearest rank: the same observed p50/p95 on every replay, in any arrival order.
+        latencies = [call.latency_ms for call in calls] or [0.0]
         return WindowedCost(
             tenant_id=self.tenant_id,
             model=self.model,

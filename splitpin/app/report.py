@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from splitpin.core.kafka.client_config import client_config
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.core.settings import Settings
-from splitpin.core.stats import percentile as percentile  # re-exported: one definition
+from splitpin.core.stats import percentile
 from splitpin.operators.ingest import IngestLimits, RawRecord, parse_event
 from splitpin.schemas import decode
 from splitpin.schemas.decisions import RoutingDecision

@@ -1,4 +1,5 @@
-"""Small numeric helpers: one percentile definition for all tables, and a scalar `np.interp`."""
+"""Small numeric helpers: the two percentile definitions every table uses, and a scalar
+`np.interp`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ def percentile(samples: Sequence[float], q: float) -> float:
     position = (len(ordered) - 1) * q / 100
     low, high = math.floor(position), math.ceil(position)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def nearest_rank(samples: Sequence[float], q: float) -> float:
+    """The smallest sample with at least q % of them at or below it, q in [0, 100].
+
+    Always an observed value: with 1 ms Kafka timestamps, or a cost window replayed in any
+    order, an observed value beats an interpolated one (`percentile` interpolates)."""
+    if not samples:
+        msg = "nearest_rank of no samples"
+        raise ValueError(msg)
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def interp(x: float, xp: Sequence[float], fp: Sequence[float]) -> float:

@@ -10,7 +10,6 @@ reply minus event) is printed with -s; timings are not asserted.
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.settings import Settings
+from splitpin.core.stats import nearest_rank, percentile
 from splitpin.schemas import CostRecord, Reply, decode
 from tests.factories import ROUTINE_QUESTIONS, event_dict
 from tests.governance_files import save_config, shipped_config
@@ -117,11 +117,6 @@ def run_email(topic_settings: Any, tmp_path: Path, *, enabled: bool) -> dict[str
     return seconds
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def test_hedged_email_gets_its_final_with_every_call_accounted(
     topic_settings: Any, tmp_path: Path
 ) -> None:
@@ -129,6 +124,6 @@ def test_hedged_email_gets_its_final_with_every_call_accounted(
     on = list(run_email(topic_settings, tmp_path, enabled=True).values())
     print(
         f"\nemail time to final, {len(on)} events each (emulated latency):"
-        f"\n  hedging off: p50 {statistics.median(off):.2f} s, p95 {_quantile(off, 0.95):.2f} s"
-        f"\n  hedging on:  p50 {statistics.median(on):.2f} s, p95 {_quantile(on, 0.95):.2f} s"
+        f"\n  hedging off: p50 {percentile(off, 50):.2f} s, p95 {nearest_rank(off, 95):.2f} s"
+        f"\n  hedging on:  p50 {percentile(on, 50):.2f} s, p95 {nearest_rank(on, 95):.2f} s"
     )

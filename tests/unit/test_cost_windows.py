@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from splitpin.operators.cost_windows import (
     CostWindow,
     CountedWindows,
-    nearest_rank,
     window_bounds,
 )
 from splitpin.schemas.metrics import CostRecord
@@ -101,15 +100,6 @@ def test_a_window_is_the_same_in_any_arrival_order_with_any_re_emissions(
     shuffled = data.draw(st.permutations([*records, *again]))
     expected = window_of(*records).finish(T0, T0 + MINUTE)
     assert window_of(*shuffled).finish(T0, T0 + MINUTE) == expected
-
-
-def test_nearest_rank_percentiles() -> None:
-    values = [float(v) for v in range(1, 21)]  # 1..20
-    assert nearest_rank(values, 50) == 10.0
-    assert nearest_rank(values, 95) == 19.0
-    assert nearest_rank(values, 100) == 20.0
-    assert nearest_rank([7.0], 95) == 7.0
-    assert nearest_rank([], 50) == 0.0
 
 
 def test_window_percentiles_are_observed_latencies() -> None:

@@ -12,7 +12,6 @@ from splitpin.app.report import (
     Stamped,
     Summary,
     format_seconds,
-    percentile,
     plot_latencies,
     render_table,
     route_label,
@@ -216,15 +215,6 @@ def test_table_is_aligned_and_shows_dashes_without_preliminaries(summary: Summar
     assert totals.split()[1:3] == ["5", "5"]
     assert "check: 5/5 valid customer events have exactly one final reply (ok)" in table
     assert "not matched to any decision (in no row): 1 replies" in table
-
-
-def test_percentile_interpolates_like_numpy() -> None:
-    samples = [4.0, 1.0, 3.0, 2.0]
-    assert percentile(samples, 50) == pytest.approx(2.5)
-    assert percentile(samples, 95) == pytest.approx(3.85)
-    assert percentile([7.0], 95) == 7.0
-    with pytest.raises(ValueError, match="no samples"):
-        percentile([], 50)
 
 
 def test_seconds_read_as_milliseconds_below_one_second() -> None:

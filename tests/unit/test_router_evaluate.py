@@ -14,7 +14,6 @@ from splitpin.core.router.evaluate import (
     accuracy,
     macro_f1,
     out_of_scope_metrics,
-    percentile_ms,
     read_banking77_csv,
     read_clinc150_json,
 )
@@ -46,12 +45,6 @@ def test_out_of_scope_metrics_by_hand() -> None:
     assert m["oos_recall"] == pytest.approx(2 / 3)
     assert m["oos_precision"] == pytest.approx(2 / 3)
     assert m["accuracy"] == pytest.approx(4 / 6)
-
-
-def test_percentile_ms() -> None:
-    samples = [0.001 * i for i in range(1, 101)]  # 1 .. 100 ms
-    assert percentile_ms(samples, 50) == pytest.approx(50.5)
-    assert percentile_ms(samples, 99) == pytest.approx(99.01)
 
 
 # --- readers ---------------------------------------------------------------------------

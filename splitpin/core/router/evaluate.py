@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-
 from splitpin.core.router.classifier import Classification, Classifier
 from splitpin.core.router.heads import OOS_LABEL
+from splitpin.core.stats import percentile
 from splitpin.errors import SplitpinError
 
 WARMUP_MESSAGES = 20
@@ -171,10 +170,6 @@ def _same_length(gold: Sequence[str], pred: Sequence[str]) -> None:
         raise ValueError(msg)
 
 
-def percentile_ms(samples_s: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples_s) * 1000.0, q)) if samples_s else 0.0
-
-
 # --- evaluation ------------------------------------------------------------------------
 
 
@@ -252,13 +247,14 @@ def evaluate(
     else:
         metrics = {**out_of_scope_metrics(gold, pred), "macro_f1": macro_f1(gold, pred)}
         known = set(classifier.domain_labels)
+    latencies_ms = [s * 1000.0 for s in latencies]
     latency = (
         {
-            "p50": round(percentile_ms(latencies, 50), 3),
-            "p99": round(percentile_ms(latencies, 99), 3),
-            "max": round(max(latencies) * 1000.0, 3),
+            "p50": round(percentile(latencies_ms, 50), 3),
+            "p99": round(percentile(latencies_ms, 99), 3),
+            "max": round(max(latencies_ms), 3),
         }
-        if latencies
+        if latencies_ms
         else {}
     )
     return EvalReport(
