@@ -8,19 +8,29 @@ time per turn and per stretch of the sample next to the time those turns take to
 Where a stretch needs more classification than its arrival time, a flow at that rate
 builds a backlog there however fast the rest of it is: that bounds the decision p99.
 
+`--heldout` classifies instead the 1,003 held-out banking77 questions `whole_path.py`
+publishes (its first copy, which no memo can answer) in batches of `--batch`, and prints
+the transformer rows, the wall time and the CPU time (every thread) they cost: the floor
+under that bench's wall time.
+
     PYTHONPATH=. .venv/bin/python bench/first_seen.py [--rate 100] [--json]
+    PYTHONPATH=. .venv/bin/python bench/first_seen.py --heldout [--batch 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.flow_throughput import SAMPLE_EVENTS, load_templates
+from bench.heldout import heldout_rows
 from splitpin.core.router.classifier import Classifier, pieces
+from splitpin.core.router.heads import normalize
+from splitpin.core.router.train import DEFAULT_DATA_DIR
 from splitpin.core.settings import load_settings
 from splitpin.core.stats import nearest_rank
 
@@ -32,7 +42,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rate", type=float, default=100.0, help="arrival rate R (100/s)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object line")
+    parser.add_argument(
+        "--heldout", action="store_true", help="the held-out questions of whole_path.py instead"
+    )
+    parser.add_argument("--batch", type=int, default=100, help="with --heldout: texts per call")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     return parser.parse_args(argv)
+
+
+def cpu_s() -> float:
+    """User + system seconds of this process, every thread (the ONNX pool's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def heldout_pass(args: argparse.Namespace, classifier: Classifier, max_seq_tokens: int) -> int:
+    rows, _ = heldout_rows(args.data_dir)
+    texts = [row.text for row in rows]
+    extra = sum(len(pieces(normalize(t), max_seq_tokens)) for t in texts)
+    wall, cpu = time.perf_counter(), cpu_s()
+    for start in range(0, len(texts), max(args.batch, 1)):
+        classifier.classify_batch(texts[start : start + args.batch])
+    wall, cpu = time.perf_counter() - wall, cpu_s() - cpu
+    print(
+        f"{len(texts)} held-out banking77 questions, first seen, batches of {args.batch}: "
+        f"{len(texts) + extra} transformer rows at most ({extra} pieces for the pin scan)"
+    )
+    per_question_ms = cpu / len(texts) * 1e3
+    print(f"wall {wall:.2f} s, CPU {cpu:.2f} s (every thread), {per_question_ms:.2f} ms/question")
+    if args.json:
+        print(json.dumps({"questions": len(texts), "pieces": extra, "wall_s": wall, "cpu_s": cpu}))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = settings.governance.classifier
     classifier = Classifier.load(config, settings.governance.routing)
     classifier.classify_batch(["warm-up: where is my card?", "hi"])  # as build_flow does
+    if args.heldout:
+        return heldout_pass(args, classifier, config.max_seq_tokens)
     turns = load_templates(Path(SAMPLE_EVENTS))
     seconds: list[float] = []
     for turn in turns:
