@@ -30,7 +30,7 @@ import numpy.typing as npt
 from bench.heldout import EMAIL_SHARE
 from splitpin.core.router.classifier import model_input
 from splitpin.core.router.embedder import Embedder
-from splitpin.core.router.heads import NeighbourVote, TextFeaturizer, neighbour_vote
+from splitpin.core.router.heads import NeighbourVote, TextFeaturizer, mix_vote, neighbour_vote
 from splitpin.core.router.train import (
     CHAR_VOCAB,
     DEFAULT_DATA_DIR,
@@ -146,7 +146,7 @@ def _mixed(
     if vote is None:
         return p
     votes = np.stack([vote.proba(e, p.shape[1]) for e in embeddings])
-    return (1.0 - weight) * p + weight * votes
+    return mix_vote(p, votes, weight)
 
 
 def run(

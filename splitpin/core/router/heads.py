@@ -220,8 +220,8 @@ class LinearHead:
         linear = np.asarray(logits, dtype=np.float64)
         if self.neighbours is None or self.neighbour_weight <= 0.0:
             return linear
-        a = self.neighbour_weight
-        mixed = (1.0 - a) * softmax(linear) + a * self.neighbours.proba(embedding, len(self.labels))
+        vote = self.neighbours.proba(embedding, len(self.labels))
+        mixed = mix_vote(softmax(linear), vote, self.neighbour_weight)
         return np.log(np.maximum(mixed, 1e-300))
 
     def proba(
@@ -233,6 +233,14 @@ class LinearHead:
         calibrated temperature (artifacts/calibration.json) gives probabilities that
         match observed accuracy. Dividing by T > 0 never changes the argmax."""
         return softmax(self.logits(embedding, row), temperature)
+
+
+def mix_vote(
+    linear: npt.NDArray[np.float64], vote: npt.NDArray[np.float64], weight: float
+) -> npt.NDArray[np.float64]:
+    """(1 - weight) x the linear head's probabilities + weight x the neighbour vote's: the
+    one mix the router computes and `bench/router_cv.py` scores."""
+    return (1.0 - weight) * linear + weight * vote
 
 
 def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> npt.NDArray[np.float64]:
