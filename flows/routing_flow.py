@@ -36,7 +36,7 @@ from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.outputs import Sink
 
 from splitpin.core import metrics, tokens
-from splitpin.core.kafka.admin import earliest_offset
+from splitpin.core.kafka.admin import admin_client, earliest_offset
 from splitpin.core.kafka.client_config import security_config
 from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.core.router.classifier import Classifier
@@ -150,9 +150,20 @@ class _SignallingKafkaSource(KafkaSource):
             batch_size=settings.source_batch_size,
             add_config=config,  # Bytewax passes it to its consumers and admin client alike
         )
+        self._topic = topic
         self._bootstrap = settings.bootstrap_servers
         self._lookup_config = security_config(settings.kafka)
         self._timeout_s = settings.startup_timeout_s
+
+    def list_parts(self) -> list[str]:
+        """Bytewax's partition names ("<partition>-<topic>"), listed by splitpin's admin
+        client: Bytewax's own would be given the consumer-only key above and warn."""
+        client = admin_client(self._bootstrap, **self._lookup_config)
+        topic = client.list_topics(self._topic, timeout=self._timeout_s).topics[self._topic]
+        if topic.error is not None:
+            msg = f"cannot list the partitions of {self._topic!r}: {topic.error.str()}"
+            raise RuntimeError(msg)
+        return [f"{index}-{self._topic}" for index in topic.partitions]
 
     def build_part(  # type: ignore[override]  # returns a wrapper, not Bytewax's private class
         self, step_id: str, for_part: str, resume_state: int | None

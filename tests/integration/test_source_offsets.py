@@ -8,10 +8,13 @@ kept record: librdkafka's default reset would jump to the end and lose the rest.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from splitpin.core.kafka.admin import admin_client, earliest_offset
+from splitpin.core.kafka.logs import LIBRDKAFKA_LOGGER
 from splitpin.core.kafka.producer import CheckedProducer
 from splitpin.core.kafka.reader import read_to_end
 from splitpin.errors import BrokerError
@@ -79,6 +82,23 @@ def test_a_snapshot_offset_retention_passed_resumes_at_the_oldest_kept_record(
     assert _read_to_eof(topic_settings, topic, 1) == [
         f"record-{i}" for i in range(DELETED, RECORDS)
     ]
+
+
+def test_the_source_lists_and_builds_partitions_without_config_warnings(
+    topic_settings: TopicSettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer-only reset key must reach the consumers only: an admin client given it
+    logs a CONFWARN at every start."""
+    settings = topic_settings(partitions=2)
+    topic = settings.topic("events")
+    source = kafka_source(settings, topic, tail=False)
+    with caplog.at_level(logging.DEBUG, logger=LIBRDKAFKA_LOGGER.name):
+        names = source.list_parts()
+        parts = [source.build_part("in", name, None) for name in names]
+        for part in parts:
+            part.close()
+    assert sorted(names) == [f"0-{topic}", f"1-{topic}"]
+    assert [r.getMessage() for r in caplog.records if "CONFWARN" in r.getMessage()] == []
 
 
 def test_earliest_offset_names_the_broker_that_did_not_answer() -> None:

@@ -211,7 +211,7 @@ def earliest_offset(
 
     Why: a consumer assigned OFFSET_BEGINNING resolves it itself, and librdkafka does that
     only after a 500 ms back-off; asking first and assigning the number starts the first
-    fetch at once (bench/README.md, "Start-up"). BrokerError when nothing answers.
+    fetch at once (bench/first_fetch.py). BrokerError when nothing answers.
     """
     consumer = _watermark_consumer(bootstrap, config)
     try:

@@ -34,6 +34,9 @@ def read_to_end(
             "logger": LIBRDKAFKA_LOGGER,
             "group.id": f"splitpin-reader-{uuid.uuid4()}",
             "enable.auto.commit": False,
+            # Retention may delete past the low watermark read below before the first
+            # fetch: go on from the oldest record kept, never from the end.
+            "auto.offset.reset": "earliest",
         }
     )
     try:
