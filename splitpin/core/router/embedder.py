@@ -67,6 +67,23 @@ def read_verified(package: str, resource: str, expected_sha256: str) -> bytes:
     return data
 
 
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """How every MiniLM session runs (the embedder's, and the benches' variants of it)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # The flow makes many small calls (one per exact token count); by default the pool's
+    # threads spin-wait between them, burning a core the worker and the Kafka clients
+    # need (classification cost 1.7x the CPU with spinning on a 2-core box,
+    # bench/README.md "Profile"). Spinning changes timing only, never a result.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 @dataclass(frozen=True, slots=True)
 class EmbedderInfo:
     """What produced the embeddings: recorded in the training manifest and checked at load."""
@@ -130,18 +147,7 @@ class Embedder:
         tokenizer = Tokenizer.from_str(tok_bytes.decode("utf-8"))
         tokenizer.no_padding()  # the file pads to a fixed 128; we never pad (see module doc)
         tokenizer.enable_truncation(max_length=max_seq_tokens)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # The flow makes many small calls (one per exact token count); by default the
-        # pool's threads spin-wait between them, burning a core the worker and the Kafka
-        # clients need (classification cost 1.7x the CPU with spinning on a 2-core box,
-        # bench/README.md "Profile"). Spinning changes timing only, never a result.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options = session_options(intra_op_threads)
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return cls(session, tokenizer, max_seq_tokens, memo_size, parallel_calls)
 
