@@ -26,17 +26,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import onnxruntime as ort
-
 from bench.flow_throughput import SAMPLE_EVENTS, load_templates
 from bench.heldout import heldout_rows
-from splitpin.core.router.classifier import (
-    Classifier,
-    pieces,
-    read_bundle,
-    resolve_artifacts_dir,
-)
-from splitpin.core.router.embedder import Embedder, session_options
+from splitpin.core.router.classifier import Classifier, pieces
+from splitpin.core.router.embedder import open_session
 from splitpin.core.router.heads import normalize
 from splitpin.core.router.train import DEFAULT_DATA_DIR
 from splitpin.core.settings import load_settings
@@ -96,20 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = settings.governance.classifier
     classifier = Classifier.load(config, settings.governance.routing)
     if args.model is not None:
-        session = ort.InferenceSession(
-            str(args.model),
-            session_options(config.intra_op_threads),
-            providers=["CPUExecutionProvider"],
-        )
-        embedder = Embedder(
-            session,
-            classifier.embedder._tokenizer,
-            config.max_seq_tokens,
-            config.embedding_memo_size,
-            config.parallel_calls,
-        )
-        bundle = read_bundle(resolve_artifacts_dir(config.artifacts_dir))
-        classifier = Classifier(embedder, bundle, config, settings.governance.routing)
+        session = open_session(str(args.model), config.intra_op_threads)
+        embedder = classifier.embedder.with_session(session, memo_size=config.embedding_memo_size)
+        classifier = classifier.with_embedder(embedder)
     classifier.classify_batch(["warm-up: where is my card?", "hi"])  # as build_flow does
     if args.heldout:
         return heldout_pass(args, classifier, config.max_seq_tokens)

@@ -40,14 +40,14 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bench.heldout import heldout_rows
-from splitpin.core.router.classifier import Classifier, read_bundle, resolve_artifacts_dir
+from splitpin.core.router.classifier import Classifier
 from splitpin.core.router.embedder import (
     MODEL_PACKAGE,
     MODEL_RESOURCE,
     MODEL_SHA256,
     Embedder,
+    open_session,
     read_verified,
-    session_options,
 )
 from splitpin.core.router.train import DEFAULT_DATA_DIR, load_training_data
 from splitpin.core.settings import load_settings
@@ -195,26 +195,22 @@ def measure(args: argparse.Namespace) -> int:
     config = settings.governance.classifier.model_copy(update={"parallel_calls": 1})
     routing = settings.governance.routing
     shipped = Classifier.load(config, routing)
-    tokenizer = shipped.embedder._tokenizer  # the same WordPiece, verified
-    sessions = {"shipped": shipped.embedder._session}
+    model = read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
+    sessions = {"shipped": open_session(model, 1)}
     for name in VARIANTS:
-        path = args.models / f"{name}.onnx"
-        sessions[name] = ort.InferenceSession(
-            str(path), session_options(1), providers=["CPUExecutionProvider"]
-        )
+        sessions[name] = open_session(str(args.models / f"{name}.onnx"), 1)
     data = load_training_data(args.data_dir)
     by_length: dict[int, list[list[int]]] = {}
     for row in shipped.embedder.token_ids([t for t, _ in data.banking_train[:4000]]):
         by_length.setdefault(len(row), []).append(row)
     rows, _ = heldout_rows(args.data_dir)
     texts = [row.text for row in rows]
-    bundle = read_bundle(resolve_artifacts_dir(config.artifacts_dir))
     reference = shipped.embedder.embed(texts)
     times = timings(sessions, args.repeats)
     report: dict[str, dict[str, Any]] = {}
     for name, session in sessions.items():
-        embedder = Embedder(session, tokenizer, config.max_seq_tokens, memo_size=0)
-        classifier = Classifier(embedder, bundle, config, routing)
+        embedder = shipped.embedder.with_session(session, memo_size=0)
+        classifier = shipped.with_embedder(embedder)
         right = sum(
             c.intent == row.intent
             for c, row in zip(classifier.classify_batch(texts), rows, strict=True)

@@ -23,6 +23,7 @@ from splitpin.core.router.embedder import (
     TOKENIZER_PACKAGE,
     TOKENIZER_RESOURCE,
     Embedder,
+    open_session,
     plan_calls,
     read_verified,
 )
@@ -177,6 +178,22 @@ def test_classification_is_identical_in_any_batch(monkeypatch: pytest.MonkeyPatc
     assert classifier.classify_batch(reordered) == list(reversed(single))
     assert classifier.classify_batch(TEXTS[3:7]) == single[3:7]
     assert sum(runs) >= 3 * len(TEXTS) + 4, "every batch was computed, none remembered"
+
+
+def test_a_model_variant_is_classified_with_the_same_tokenizer_and_heads() -> None:
+    """`with_session` / `with_embedder` (the benches' way to compare a variant of the model)
+    keep everything but the session: on the shipped model itself, identical results."""
+    classifier = Classifier.load(ClassifierConfig(embedding_memo_size=0), RoutingConfig())
+    variant = classifier.with_embedder(
+        classifier.embedder.with_session(open_session(_shipped_model(), 1), memo_size=0)
+    )
+    assert variant.embedder is not classifier.embedder
+    assert variant.embedder.token_ids(TEXTS) == classifier.embedder.token_ids(TEXTS)
+    assert variant.classify_batch(TEXTS) == classifier.classify_batch(TEXTS)
+
+
+def _shipped_model() -> bytes:
+    return read_verified(MODEL_PACKAGE, MODEL_RESOURCE, MODEL_SHA256)
 
 
 def test_hash_mismatch_is_refused_naming_the_file() -> None:

@@ -203,6 +203,10 @@ class Classifier:
         )
         return cls(embedder, bundle, classifier, routing)
 
+    def with_embedder(self, embedder: Embedder) -> Classifier:
+        """The same heads and config on another embedder (a bench's variant of the model)."""
+        return Classifier(embedder, self._bundle, self._config, self._routing)
+
     @property
     def embedder(self) -> Embedder:
         """The loaded MiniLM session, shared with the local fleet (one per process)."""

@@ -67,6 +67,13 @@ def read_verified(package: str, resource: str, expected_sha256: str) -> bytes:
     return data
 
 
+def open_session(model: bytes | str, intra_op_threads: int) -> ort.InferenceSession:
+    """A CPU session of `model` (bytes, or a path: a bench's variant of the model) with
+    the options every MiniLM session runs with (`session_options`)."""
+    options = session_options(intra_op_threads)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     """How every MiniLM session runs (the embedder's, and the benches' variants of it)."""
     options = ort.SessionOptions()
@@ -147,9 +154,15 @@ class Embedder:
         tokenizer = Tokenizer.from_str(tok_bytes.decode("utf-8"))
         tokenizer.no_padding()  # the file pads to a fixed 128; we never pad (see module doc)
         tokenizer.enable_truncation(max_length=max_seq_tokens)
-        options = session_options(intra_op_threads)
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = open_session(model, intra_op_threads)
         return cls(session, tokenizer, max_seq_tokens, memo_size, parallel_calls)
+
+    def with_session(self, session: ort.InferenceSession, *, memo_size: int) -> Embedder:
+        """The same verified tokenizer, truncation and parallel calls on another session (a
+        variant of the model, for the benches that compare one with the shipped one)."""
+        return Embedder(
+            session, self._tokenizer, self.info.max_seq_tokens, memo_size, self._parallel_calls
+        )
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids with [CLS]/[SEP], truncated to max_seq_tokens."""
