@@ -136,12 +136,13 @@ class _SignallingKafkaSource(KafkaSource):
     OFFSET_BEGINNING, without librdkafka's 500 ms back-off before it resolves that itself."""
 
     def __init__(self, settings: Settings, topic: str, *, tail: bool) -> None:
+        security = security_config(settings.kafka)
         config = {
             "logger": LIBRDKAFKA_LOGGER,
             # An offset the broker no longer holds (retention passed a snapshot's offset)
             # resumes at the oldest record kept, never at the end (librdkafka's default).
             "auto.offset.reset": "earliest",
-            **security_config(settings.kafka),
+            **security,
         }
         super().__init__(
             [settings.bootstrap_servers],
@@ -152,7 +153,7 @@ class _SignallingKafkaSource(KafkaSource):
         )
         self._topic = topic
         self._bootstrap = settings.bootstrap_servers
-        self._lookup_config = security_config(settings.kafka)
+        self._lookup_config = security
         self._timeout_s = settings.startup_timeout_s
 
     def list_parts(self) -> list[str]:
