@@ -151,8 +151,8 @@ class TextFeaturizer:
     def _block(columns: list[int], idf: FloatArray, offset: int) -> tuple[IndexArray, FloatArray]:
         if not columns:
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
-        # Sorted distinct columns and their counts in one call (a third of the featurizer's
-        # time went to counting them in Python); the same float32 values as before.
+        # Sorted distinct columns and their counts in one call, not a Counter and a sort in
+        # Python (the flow's hottest featurizer code); the same float32 values as before.
         cols, counts = np.unique(np.asarray(columns, dtype=np.int32), return_counts=True)
         tf = counts.astype(np.float32)
         vals = (1.0 + np.log(tf)) * idf[cols - offset]
